@@ -1,0 +1,32 @@
+"""Errors that reach users as one line (CLI: exit code 2; server: an error event).
+
+Torch-free, so the CLI and the Blender add-on can raise and catch them cheaply.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or a missing resource: reported as one line, never as a traceback.
+
+    ``code`` is the machine-readable kind (the server's error codes); ``hint`` says
+    what the user can do about it.
+    """
+
+    code = "bad_request"
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The message and the hint on one line."""
+        text = f"{self.message}; {self.hint}" if self.hint else self.message
+        return " ".join(text.split())
+
+
+class ModelUnavailable(UserError):
+    """The diffusion model is neither on disk nor downloadable."""
+
+    code = "model_unavailable"
