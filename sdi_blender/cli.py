@@ -38,18 +38,19 @@ def _add_distill2d(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill2d", help="the paper's 2D experiment: optimise one image by score distillation",
                        description="Optimise one latent image towards PROMPT by SDI or SDS "
                                    "(paper defaults: 1000 Adam steps, lr 0.1, guidance 7.5, t 980 → 20).")
+    # Unset options (None) take Distill2DConfig's defaults, the paper's: one source of truth.
     p.add_argument("prompt", help="what the image should show")
-    p.add_argument("--negative-prompt", default="", help="CFG's unconditional prompt (default: empty)")
-    p.add_argument("--method", choices=("sdi", "sds"), default="sdi", help="sdi (default) or sds")
-    p.add_argument("--steps", type=int, default=1000, help="optimisation steps (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (default 0.1)")
-    p.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale (default 7.5)")
-    p.add_argument("--t-max", type=int, default=980, help="first timestep of the schedule (default 980)")
-    p.add_argument("--t-min", type=int, default=20, help="last timestep of the schedule (default 20)")
-    p.add_argument("--frames", type=int, default=8, help="snapshots in the strip image (default 8)")
-    p.add_argument("--model", default="stabilityai/stable-diffusion-2-1-base",
-                   help="hub id, local diffusers directory, or 'tiny' (built-in test model)")
+    p.add_argument("--negative-prompt", help="CFG's unconditional prompt (default: empty)")
+    p.add_argument("--method", choices=("sdi", "sds"), help="sdi (default) or sds")
+    p.add_argument("--steps", type=int, help="optimisation steps (default 1000)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 0.1)")
+    p.add_argument("--guidance-scale", type=float, help="CFG scale (default 7.5)")
+    p.add_argument("--t-max", type=int, help="first timestep of the schedule (default 980)")
+    p.add_argument("--t-min", type=int, help="last timestep of the schedule (default 20)")
+    p.add_argument("--frames", type=int, help="snapshots in the strip image (default 8)")
+    p.add_argument("--model", help="hub id (default stabilityai/stable-diffusion-2-1-base), "
+                                   "local diffusers directory, or 'tiny' (built-in test model)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=Path("distill2d.png"),
                    help="output image (.png/.jpg); the strip goes beside it as NAME_strip.png")
@@ -67,11 +68,10 @@ def _run_distill2d(args: argparse.Namespace) -> int:
     from .server.images import check_output_path
     from .server.model_source import check_model_name
 
-    config = Distill2DConfig(prompt=args.prompt, negative_prompt=args.negative_prompt,
-                             method=args.method, steps=args.steps, lr=args.lr,
-                             guidance_scale=args.guidance_scale, t_max=args.t_max,
-                             t_min=args.t_min, seed=args.seed, model=args.model,
-                             frames=args.frames)
+    names = ("negative_prompt", "method", "steps", "lr", "guidance_scale", "t_max", "t_min",
+             "seed", "model", "frames")
+    config = Distill2DConfig(prompt=args.prompt, **{k: getattr(args, k) for k in names
+                                                    if getattr(args, k) is not None})
     config.validate()
     check_model_name(config.model)
     out = args.out.expanduser()

@@ -20,7 +20,8 @@ from torch import Tensor
 from ..errors import UserError
 from .guidance import METHODS, ScoreDistillation, annealed_timestep
 from .images import grid, label, side_by_side, to_pil, write_image_atomic
-from .prior import DEFAULT_MODEL, StableDiffusionPrior
+from .model_source import DEFAULT_MODEL
+from .prior import StableDiffusionPrior
 
 ProgressFn = Callable[[int, int, int, float], None]
 """progress(step, total, t, loss) after each optimisation step."""
@@ -155,8 +156,15 @@ def run_distill2d(cfg: Distill2DConfig, out: Path, strip_out: Path, device: str 
     tiles = [to_pil(r.image) for r in results]
     image = side_by_side([label(t, m.upper()) for m, t in zip(methods, tiles)]) if compare else tiles[0]
     strip = to_pil(grid([r.frames for r in results]))
+    if compare:  # one row per method
+        for row, method in enumerate(methods):
+            strip = label(strip, method.upper(), (2, row * tiles[0].height + 1))
     write_image_atomic(strip, strip_out)
-    write_image_atomic(image, out)
+    try:
+        write_image_atomic(image, out)
+    except BaseException:
+        strip_out.unlink(missing_ok=True)  # all or nothing
+        raise
     print(f"wrote {out} and {strip_out} ({sum(r.seconds for r in results):.1f} s)", file=sys.stderr)
     return results
 

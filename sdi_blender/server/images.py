@@ -25,13 +25,12 @@ def grid(rows: list[list[Tensor]]) -> Tensor:
     return torch.cat([torch.cat(row, dim=2) for row in rows], dim=1)
 
 
-def label(image: Image.Image, text: str) -> Image.Image:
-    """Write a small caption in the top-left corner (on a copy)."""
+def label(image: Image.Image, text: str, xy: tuple[int, int] = (2, 1)) -> Image.Image:
+    """Write a small caption at ``xy`` (default: the top-left corner), on a copy."""
     out = image.copy()
     draw = ImageDraw.Draw(out)
-    box = draw.textbbox((2, 1), text)
-    draw.rectangle(box, fill=(0, 0, 0))
-    draw.text((2, 1), text, fill=(255, 255, 255))
+    draw.rectangle(draw.textbbox(xy, text), fill=(0, 0, 0))
+    draw.text(xy, text, fill=(255, 255, 255))
     return out
 
 

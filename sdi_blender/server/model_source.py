@@ -11,6 +11,8 @@ from pathlib import Path
 from ..errors import UserError
 
 TINY = "tiny"
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+"""The paper's model."""
 # A Hugging Face repository id: "owner/name", no path-like prefix.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -19,10 +19,8 @@ import torch
 from torch import Tensor
 
 from ..errors import ModelUnavailable
-from .model_source import TINY, resolve_model_source
+from .model_source import DEFAULT_MODEL, resolve_model_source
 from .prompts import PromptOptions, direction_index, perp_neg_mix, perpendicular_component, view_prompts
-
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 
 
 @dataclass
@@ -104,10 +102,6 @@ class StableDiffusionPrior:
         self.vae = parts["vae"].to(self.device).eval().requires_grad_(False)
         self.alphas_cumprod: Tensor = parts["scheduler"].alphas_cumprod.to(self.device, torch.float32)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.model_id == TINY
 
     @property
     def latent_size(self) -> int:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-TINY_MODEL_ID = "tiny"
 # Bump when the architecture or the build recipe changes: it names the cache folder.
 TINY_MODEL_VERSION = 1
 TINY_SEED = 0
