@@ -145,7 +145,34 @@ def test_unavailable_hub_model_is_one_clear_line():
 
 
 def test_incomplete_local_model_and_missing_path(tmp_path: Path):
-    with pytest.raises(ModelUnavailable, match="local directory"):
+    with pytest.raises(ModelUnavailable, match="incomplete or unreadable"):
         StableDiffusionPrior(str(tmp_path), device="cpu")
     with pytest.raises(UserError, match="does not exist"):
         StableDiffusionPrior(str(tmp_path / "nope" / "model"), device="cpu")
+
+
+def test_precision_is_fp16_on_cuda_and_fp32_on_cpu():
+    from sdi_blender.server.prior import default_dtype
+
+    assert default_dtype(torch.device("cuda")) == torch.float16
+    assert default_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path: Path):
+    """A hub model already in the HF cache loads with HF_HUB_OFFLINE=1 and no network."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "hub" / "models--sdi-test--cached-tiny" / "snapshots" / ("0" * 40)
+    shutil.copytree(resolve_model_source("tiny"), snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    code = ("from sdi_blender.server.prior import StableDiffusionPrior as P; "
+            "p = P('sdi-test/cached-tiny', device='cpu'); print(p.image_size)")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "64"

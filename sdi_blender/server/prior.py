@@ -40,6 +40,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (the paper's setting); fp32 elsewhere, where fp16 is slow or missing."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 def _quiet_hf_logging() -> None:
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
@@ -49,39 +54,58 @@ def _quiet_hf_logging() -> None:
         log.disable_progress_bar()
 
 
-def _from_pretrained(model_id: str, source: str, dtype: torch.dtype) -> dict:
-    """Load every component; prefer the local HF cache, download only when missing."""
+# The files a Stable-Diffusion-family repository needs here: full-precision safetensors
+# only (repos also carry .bin, fp16 variants and multi-GB single-file checkpoints).
+MODEL_FILES = [
+    "model_index.json", "scheduler/*", "tokenizer/*", "*/config.json",
+    "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors", "*.safetensors.index.json",
+    "*/diffusion_pytorch_model-0*.safetensors", "*/model-0*.safetensors",
+]
+
+
+def _unavailable(model_id: str, what: str) -> ModelUnavailable:
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return ModelUnavailable(
+        f"model '{model_id}' is not available: {what}" + (" (HF_HUB_OFFLINE is set)" if offline else ""),
+        hint=f"fetch it once on a connected machine with `hf download {model_id}`, "
+             "or pass --model with a local diffusers directory, or --model tiny to test offline",
+    )
+
+
+def fetch_model(model_id: str, source: str) -> str:
+    """A local directory holding the model: ``source`` itself, or its Hugging Face cache snapshot.
+
+    ``snapshot_download`` honours the HF cache and ``HF_HUB_OFFLINE`` and downloads only
+    what is missing; it fails fast and quietly when the hub cannot be reached.
+    """
+    if os.path.isdir(source):
+        return source
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return snapshot_download(source, allow_patterns=MODEL_FILES)
+    except (OSError, ValueError, HfHubHTTPError) as exc:
+        raise _unavailable(model_id, "not in the Hugging Face cache and not downloadable") from exc
+
+
+def _load_components(model_id: str, folder: str, dtype: torch.dtype) -> dict:
+    """Every component through ``from_pretrained``, from a local folder."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    def load(local_only: bool) -> dict:
-        kw = {"local_files_only": local_only}
-        return {
-            "tokenizer": CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw),
-            "scheduler": DDIMScheduler.from_pretrained(source, subfolder="scheduler", **kw),
-            "text_encoder": CLIPTextModel.from_pretrained(
-                source, subfolder="text_encoder", dtype=dtype, **kw),
-            "unet": UNet2DConditionModel.from_pretrained(
-                source, subfolder="unet", torch_dtype=dtype, **kw),
-            "vae": AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, **kw),
-        }
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    kw = {"local_files_only": True}
     try:
-        try:
-            return load(local_only=True)
-        except OSError:
-            if offline or os.path.isdir(source):
-                raise
-            return load(local_only=False)
+        return {
+            "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **kw),
+            "scheduler": DDIMScheduler.from_pretrained(folder, subfolder="scheduler", **kw),
+            "text_encoder": CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=dtype, **kw),
+            "unet": UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kw),
+            "vae": AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **kw),
+        }
     except (OSError, ValueError) as exc:
-        where = "a local directory" if os.path.isdir(source) else "the Hugging Face cache"
-        reason = " (HF_HUB_OFFLINE is set)" if offline else ""
-        raise ModelUnavailable(
-            f"model '{model_id}' is not available: not complete in {where} and not downloadable{reason}",
-            hint=f"fetch it once on a connected machine with `hf download {model_id}`, "
-                 "or pass --model with a local diffusers directory, or --model tiny to test offline",
-        ) from exc
+        raise _unavailable(model_id, f"its files in '{folder}' are incomplete or unreadable") from exc
 
 
 class StableDiffusionPrior:
@@ -91,10 +115,9 @@ class StableDiffusionPrior:
                  dtype: torch.dtype | None = None) -> None:
         self.model_id = model
         self.device = torch.device(device) if device is not None else default_device()
-        # fp16 on CUDA (the paper's setting); fp32 on CPU, where fp16 is slow or missing.
-        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.dtype = dtype or default_dtype(self.device)
         _quiet_hf_logging()
-        parts = _from_pretrained(model, resolve_model_source(model), self.dtype)
+        parts = _load_components(model, fetch_model(model, resolve_model_source(model)), self.dtype)
         self.tokenizer = parts["tokenizer"]
         self.scheduler_config = dict(parts["scheduler"].config)
         self.text_encoder = parts["text_encoder"].to(self.device).eval().requires_grad_(False)
