@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from sdi_blender.cli import main
@@ -70,8 +71,11 @@ BAD_INPUT = [
     (["--out", "/proc/sdi-test.png"], "cannot write to '/proc'"),
     (["--out", "{tmp}"], "is a directory"),
     (["--out", "{tmp}/x.gif"], "unsupported output format"),
-    (["--device", "cuda:0"] if not __import__("torch").cuda.is_available() else ["--lr", "0"],
-     "CUDA is not available" if not __import__("torch").cuda.is_available() else "learning rate"),
+    (["--lr", "0"], "learning rate must be positive"),
+    (["--frames", "0"], "frames must be at least 1"),
+    (["--device", "banana"], "unknown device 'banana'"),
+    pytest.param(["--device", "cuda:0"], "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ]
 
 

@@ -21,7 +21,7 @@ from ..errors import UserError
 from .guidance import METHODS, ScoreDistillation, annealed_timestep
 from .images import grid, label, side_by_side, to_pil, write_image_atomic
 from .model_source import DEFAULT_MODEL
-from .prior import StableDiffusionPrior
+from .prior import StableDiffusionPrior, resolve_device
 
 ProgressFn = Callable[[int, int, int, float], None]
 """progress(step, total, t, loss) after each optimisation step."""
@@ -168,15 +168,3 @@ def run_distill2d(cfg: Distill2DConfig, out: Path, strip_out: Path, device: str 
     print(f"wrote {out} and {strip_out} ({sum(r.seconds for r in results):.1f} s)", file=sys.stderr)
     return results
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; a CUDA device that is missing is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"unknown device '{name}'", hint="use auto, cpu, cuda or cuda:N") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but CUDA is not available", hint="use --device cpu")
-    return device

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ModelUnavailable
+from ..errors import ModelUnavailable, UserError
 from .model_source import DEFAULT_MODEL, resolve_model_source
 from .prompts import PromptOptions, direction_index, perp_neg_mix, perpendicular_component, view_prompts
 
@@ -38,6 +38,19 @@ class PromptEmbeddings:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; a CUDA device that is missing is an error."""
+    if name == "auto":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device '{name}'", hint="use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available", hint="use --device cpu")
+    return device
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
