@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_distill2d(sub)
+    _add_generate(sub)
     return parser
 
 
@@ -57,6 +58,56 @@ def _add_distill2d(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", action="store_true",
                    help="run SDS and SDI from the same seed and write them side by side")
     p.set_defaults(func=_run_distill2d)
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="optimise a 3D field for a prompt (text-to-3D)",
+                       description="Optimise a hash-grid radiance field so that its renders match PROMPT "
+                                   "under SDI (default) or SDS; results go to RUN_DIR.")
+    p.add_argument("prompt", nargs="?", help="what the object should be")
+    p.add_argument("--out", type=Path, help="the run folder (new, or an existing run with --resume)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--prompt", dest="prompt_option", help="a new prompt (with --resume)")
+    p.add_argument("--preset", choices=("test", "draft", "standard", "paper"),
+                   help="quality preset (default standard; paper = 10,000 steps at 512x512)")
+    p.add_argument("--method", choices=("sdi", "sds"), help="sdi (default) or sds")
+    p.add_argument("--steps", type=int, help="steps (with --resume: steps to add)")
+    p.add_argument("--resolution", type=int, help="render size in pixels, a multiple of 8")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--model", help="hub id, local diffusers directory, or 'tiny'")
+    p.add_argument("--negative-prompt", help="CFG's unconditional prompt")
+    p.add_argument("--guidance-scale", type=float, help="CFG scale (default 7.5)")
+    p.add_argument("--batch-size", type=int, help="cameras per step (default 1)")
+    p.add_argument("--no-perp-neg", dest="perp_neg", action="store_false", default=None,
+                   help="turn Perp-Neg off")
+    p.add_argument("--no-view-dependent", dest="view_dependent", action="store_false", default=None,
+                   help="do not append the view to the prompt")
+    p.add_argument("--preview-every", type=int, help="steps between previews")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from .server.generate import GenerateRequest, run_generate
+
+    if (args.out is None) == (args.resume is None):
+        raise UserError("give exactly one of --out RUN_DIR (a new run) and --resume RUN_DIR")
+    if args.prompt and args.prompt_option:
+        raise UserError("give the prompt once, either as an argument or with --prompt")
+    names = ("method", "steps", "resolution", "seed", "model", "negative_prompt", "guidance_scale",
+             "batch_size", "perp_neg", "view_dependent", "preview_every", "checkpoint_every")
+    req = GenerateRequest(out=(args.out or args.resume).expanduser(), resume=args.resume is not None,
+                          prompt=args.prompt or args.prompt_option, overwrite=args.overwrite,
+                          device=args.device, preset=args.preset,
+                          settings={k: getattr(args, k) for k in names})
+    if req.settings.get("model"):
+        from .server.model_source import check_model_name
+
+        check_model_name(req.settings["model"])
+    result = run_generate(req)
+    return 130 if result.status == "cancelled" else 0
 
 
 def _strip_path(out: Path) -> Path:

@@ -1,0 +1,147 @@
+"""The text-to-3D trainer on the tiny model: gradients, blob init, checkpoints, resume, cancel."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdi_blender.errors import UserError
+from sdi_blender.server import run_dir
+from sdi_blender.server.train_config import TrainConfig, make_config
+from sdi_blender.server.trainer import LossDiverged, Trainer, TrainerCallbacks
+
+
+def small_config(**overrides) -> TrainConfig:
+    """Smaller than the test preset, so each unit test takes seconds."""
+    settings = {"resolution": 32, "renderer.num_samples_per_ray": 16, "field.log2_hashmap_size": 12,
+                "steps": 6, "preview_every": 3, "checkpoint_every": 3, "preview_size": 16,
+                "turntable_views": 2, "model": "tiny", **overrides}
+    return make_config("a red apple", "test", **settings)
+
+
+def _trainer(prior, tmp_path: Path, config=None, **kw) -> Trainer:
+    run_dir.prepare_new_run(tmp_path, overwrite=False)
+    return Trainer(config or small_config(), tmp_path, prior=prior, **kw)
+
+
+def test_gradients_reach_field_and_background(prior, tmp_path):
+    trainer = _trainer(prior, tmp_path)
+    _, terms = trainer.train_step()
+    terms["guidance"].backward()
+    grads = [p.grad for p in trainer.field.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.background.parameters())
+
+
+def test_blob_init_renders_a_centred_object(prior, tmp_path):
+    trainer = _trainer(prior, tmp_path)
+    from sdi_blender.server.cameras import turntable_cameras
+
+    cams = turntable_cameras(1, 32, 32, trainer.config.cameras)
+    with torch.no_grad():
+        opacity = trainer.renderer(cams, "albedo").opacity[0, :, :, 0]
+    assert opacity[16, 16] > 0.9 and opacity[0, 0] < 0.05 and opacity[-1, -1] < 0.05
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    w = opacity / opacity.sum()
+    assert abs((w * ys).sum() - 15.5) < 1 and abs((w * xs).sum() - 15.5) < 1
+
+
+class _Recorder(TrainerCallbacks):
+    def __init__(self, cancel_at: int | None = None):
+        self.progress, self.previews, self.checkpoints = [], [], []
+        self.cancel_at = cancel_at
+
+    def on_progress(self, p):
+        self.progress.append(p)
+
+    def on_preview(self, step, png):
+        self.previews.append((step, png))
+
+    def on_checkpoint(self, step, path):
+        self.checkpoints.append(step)
+
+    def cancel(self) -> bool:
+        return self.cancel_at is not None and bool(self.progress) and self.progress[-1].step >= self.cancel_at
+
+
+def test_run_reports_progress_previews_checkpoints_and_reports(prior, tmp_path):
+    rec = _Recorder()
+    result = _trainer(prior, tmp_path, callbacks=rec).run()
+    assert result.status == "done" and result.step == 6
+    assert [p.step for p in rec.progress] == [1, 2, 3, 4, 5, 6]
+    p = rec.progress[-1]
+    assert p.total == 6 and p.eta_s == 0 and p.elapsed_s > 0
+    assert set(p.losses) >= {"guidance", "orient", "sparsity", "opaque", "z_variance", "convex", "total"}
+    assert [s for s, _ in rec.previews] == [3, 6] and rec.previews[0][1][:4] == b"\x89PNG"
+    assert rec.checkpoints == [3, 6]
+    for name in (run_dir.CONFIG, run_dir.CHECKPOINT, run_dir.LOSS_CURVE, run_dir.TURNTABLE,
+                 "previews/step_000003.png"):
+        assert (tmp_path / name).is_file(), name
+    assert len((tmp_path / run_dir.METRICS).read_text().splitlines()) == 6
+    assert json.loads((tmp_path / run_dir.STATE).read_text())["status"] == "done"
+    assert TrainConfig.from_json((tmp_path / run_dir.CONFIG).read_text()) == small_config()
+
+
+def _params(trainer: Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in [*trainer.field.parameters(), *trainer.background.parameters()]]
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(prior, tmp_path):
+    straight = _trainer(prior, tmp_path / "a")
+    straight.run()
+    rec = _Recorder(cancel_at=3)
+    first = _trainer(prior, tmp_path / "b", callbacks=rec)
+    assert first.run(rec.cancel).status == "cancelled"
+    resumed = Trainer(small_config(), tmp_path / "b", prior=prior, resume=True)
+    assert resumed.step == 3
+    resumed.run()
+    for a, b in zip(_params(straight), _params(resumed)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert [h["total"] for h in straight.history] == [h["total"] for h in resumed.history]
+
+
+def test_cancel_stops_within_one_step_and_leaves_a_valid_checkpoint(prior, tmp_path):
+    rec = _Recorder(cancel_at=2)
+    trainer = _trainer(prior, tmp_path, callbacks=rec)
+    result = trainer.run(rec.cancel)
+    assert result.status == "cancelled" and result.step == 2
+    state = torch.load(tmp_path / run_dir.CHECKPOINT, weights_only=False)
+    assert state["step"] == 2
+    assert json.loads((tmp_path / run_dir.STATE).read_text())["status"] == "cancelled"
+    again = Trainer(small_config(), tmp_path, prior=prior, resume=True)
+    for a, b in zip(_params(trainer), _params(again)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(prior, tmp_path, monkeypatch):
+    trainer = _trainer(prior, tmp_path, small_config(checkpoint_every=2))
+    real = Trainer.train_step
+
+    def poisoned(self):
+        t, terms = real(self)
+        if self.step == 3:
+            terms["total"] = terms["total"] * float("nan")
+        return t, terms
+
+    monkeypatch.setattr(Trainer, "train_step", poisoned)
+    with pytest.raises(LossDiverged, match="step 4.*last good checkpoint \\(step 2\\)"):
+        trainer.run()
+    assert torch.load(tmp_path / run_dir.CHECKPOINT, weights_only=False)["step"] == 2
+    assert json.loads((tmp_path / run_dir.STATE).read_text())["status"] == "failed"
+
+
+def test_resuming_an_incompatible_checkpoint_is_refused(prior, tmp_path):
+    _trainer(prior, tmp_path).run()
+    changed = small_config(**{"field.log2_hashmap_size": 13})
+    with pytest.raises(UserError, match="incompatible.*field"):
+        Trainer(changed, tmp_path, prior=prior, resume=True)
+
+
+def test_schedules_are_stretched_to_the_run_length():
+    config = small_config(steps=100)
+    assert config.schedule_steps == 100
+    assert config.paper_step(10) == 1000 and config.paper_step(100) == 10_000
+    assert config.paper_step(150) == 10_000  # refinement steps stay at the schedules' ends
