@@ -16,7 +16,8 @@ from torch import Tensor, nn
 # Normalisation constants of the real spherical harmonics Y_l^m, l ≤ 2.
 _SH_C0 = 0.28209479177387814   # 1 / (2√π)
 _SH_C1 = 0.4886025119029199    # √3 / (2√π)
-_SH_C2 = (1.0925484305920792, 0.31539156525252005, 0.5462742152960396)  # √15/(2√π), √5/(4√π), √15/(4√π)
+# √15/(2√π), √5/(4√π), √15/(4√π)
+_SH_C2 = (1.0925484305920792, 0.31539156525252005, 0.5462742152960396)
 
 
 def spherical_harmonics_deg2(d: Tensor) -> Tensor:

@@ -1,12 +1,11 @@
-"""The radiance field of the official SDI config: a hash-grid "implicit volume" and its background.
+"""The radiance field of the official SDI config: a hash-grid "implicit volume".
 
 * :class:`HashGridEncoding` — the multiresolution hash encoding of Instant-NGP (Müller et al.,
   SIGGRAPH 2022, §3), in plain torch (CPU and CUDA), with the progressive unlocking of levels
   that the official config uses ("ProgressiveBandHashGrid").
 * :class:`ImplicitVolume` — encoding → small MLPs → density (softplus, with Magic3D's blob bias)
   and albedo (sigmoid); normals are the analytic, normalised negative density gradient.
-* :class:`EnvironmentBackground` — the "neural environment map": an MLP of the view direction's
-  real spherical harmonics, sigmoid colour.
+* The environment-map background lives in :mod:`.background` and is re-exported here.
 
 Any module satisfying :class:`Encoding` can replace the hash grid (e.g. a fused GPU kernel).
 """
@@ -14,14 +13,24 @@ Any module satisfying :class:`Encoding` can replace the hash grid (e.g. a fused 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .background import BackgroundConfig, EnvironmentBackground, spherical_harmonics_deg2
+
+__all__ = ["Encoding", "HashGridEncoding", "FieldConfig", "FieldOutput", "ImplicitVolume",
+           "BackgroundConfig", "EnvironmentBackground", "spherical_harmonics_deg2"]
+
 # Instant-NGP §3: spatial hash h(x) = (⊕_i x_i·π_i) mod T with π = (1, 2654435761, 805459861).
 _PRIMES = (1, 2654435761, 805459861)
+# Points are interpolated in chunks of about this many (point, level) pairs, which bounds the
+# temporaries (16 floats and 8 indices per pair). On CPU moderate chunks are also faster: the
+# allocator recycles their memory instead of page-faulting fresh blocks (measured 15-30%);
+# much smaller ones cost more in per-operation overhead.
+_CHUNK = {"cpu": 2 ** 18, "cuda": 2 ** 22}
 
 
 @runtime_checkable
@@ -57,24 +66,21 @@ class HashGridEncoding(nn.Module):
         self.n_output_dims = n_levels * n_features_per_level
         res = [int(base_resolution * per_level_scale ** level) for level in range(n_levels)]
         sizes = [min(2 ** log2_hashmap_size, (r + 1) ** 3) for r in res]
-        offsets = [sum(sizes[:level]) for level in range(n_levels)]
         dense = [(r + 1) ** 3 <= 2 ** log2_hashmap_size for r in res]
+        self.n_dense = sum(dense)  # dense levels come first (the resolution grows with the level)
         # Per-level constants as (non-persistent) buffers, so they follow .to(device).
-        self.register_buffer("resolution", torch.tensor(res, dtype=torch.int64), persistent=False)
-        self.register_buffer("table_size", torch.tensor(sizes, dtype=torch.int64), persistent=False)
-        self.register_buffer("offset", torch.tensor(offsets, dtype=torch.int64), persistent=False)
-        self.register_buffer("dense", torch.tensor(dense), persistent=False)
-        # Per level and axis, the multiplier of the vertex coordinate: dense strides
+        buffer = lambda name, v: self.register_buffer(name, torch.tensor(v), persistent=False)  # noqa: E731
+        buffer("resolution", res)
+        buffer("table_size", sizes)
+        buffer("offset", [sum(sizes[:level]) for level in range(n_levels)])
+        # Per axis and level, the multiplier of a vertex coordinate: dense strides
         # (1, N+1, (N+1)^2) or the hash primes; [3, L].
-        mult = [[1, r + 1, (r + 1) ** 2] if d else list(_PRIMES) for r, d in zip(res, dense)]
-        self.register_buffer("multiplier", torch.tensor(mult, dtype=torch.int64).T.contiguous(),
-                             persistent=False)
+        buffer("multiplier", [[(r + 1) ** a if d else _PRIMES[a] for r, d in zip(res, dense)]
+                              for a in range(3)])
         # Dense levels: index offset of each voxel corner (z, y, x) from its lowest corner.
-        corner = torch.arange(2)
-        step = [c[:, None] * self.multiplier[a] for a, c in enumerate((corner, corner, corner))]
-        self.register_buffer("corner_step", step[2][:, None, None] + step[1][None, :, None]
-                             + step[0][None, None, :], persistent=False)          # [2, 2, 2, L]
-        self.n_dense = sum(dense)  # dense levels come first (resolution grows with the level)
+        edge = [torch.arange(2)[:, None] * self.multiplier[a] for a in range(3)]
+        self.register_buffer("corner_step", edge[2][:, None, None] + edge[1][None, :, None]
+                             + edge[0][None, None, :], persistent=False)          # [2, 2, 2, L]
         # All tables concatenated along the last dim, feature-major ``[F, Σ_l T_l]`` (level l at
         # columns offset[l]...), initialised U(-1e-4, 1e-4) as in Instant-NGP §4.
         self.params = nn.Parameter(torch.empty(n_features_per_level, sum(sizes)).uniform_(-1e-4, 1e-4))
@@ -84,6 +90,11 @@ class HashGridEncoding(nn.Module):
         """Unlock levels: ``min(start_level + max(step - start_step, 0) // update_steps, n_levels)``."""
         unlocked = self.start_level + max(step - self.start_step, 0) // self.update_steps
         self.active_levels = min(unlocked, self.n_levels)
+
+    def table(self, level: int) -> Tensor:
+        """The feature table ``[T_l, F]`` of one level (a view into ``params``)."""
+        start = int(self.offset[level])
+        return self.params[:, start:start + int(self.table_size[level])].T
 
     def forward(self, x01: Tensor) -> Tensor:
         """Features ``[N, n_levels · F]`` of points ``[N, 3]`` in ``[0, 1]`` (level-major)."""
@@ -99,10 +110,24 @@ class HashGridEncoding(nn.Module):
         # Voxel corner below the point; points at 1.0 use the last voxel with fraction 1.
         cell = torch.minimum(pos.detach().floor().clamp_(min=0).long(), res - 1)
         frac = pos - cell                                                         # [3, L, N]
-        # Table index of each voxel corner, [2(z), 2(y), 2(x), L, N]. Dense levels: the lowest
-        # corner's Σ_a v_a·stride_a plus a per-corner constant. Hashed levels (Instant-NGP):
-        # ⊕_a v_a·π_a mod T_l; int64 products keep the low 32 bits of Instant-NGP's uint32
-        # arithmetic, and T_l is a power of two, so each term can be masked before the xor.
+        with_jac = frac.requires_grad  # positions need gradients (e.g. for normals)
+        out, jac = _HashInterpolation.apply(self.params, cell, frac.detach(), self.corner_index, with_jac)
+        if with_jac:
+            out = _AttachJacobian.apply(out, jac, frac)
+        out = out.permute(2, 1, 0)                                                # [N, L, F]
+        if levels < self.n_levels:
+            out = torch.cat([out, out.new_zeros(n, self.n_levels - levels, self.n_features)], 1)
+        return out.reshape(n, self.n_output_dims)
+
+    def corner_index(self, cell: Tensor) -> Tensor:
+        """Table columns ``[2(z), 2(y), 2(x), L, N]`` of the corners of voxels ``cell [3, L, N]``.
+
+        Dense levels: the lowest corner's ``Σ_a v_a·stride_a`` plus a per-corner constant.
+        Hashed levels: ``⊕_a v_a·π_a mod T_l``; int64 products keep the low 32 bits of
+        Instant-NGP's uint32 arithmetic, and T_l is a power of two, so each term can be
+        reduced before the xor.
+        """
+        levels, n = cell.shape[1:]
         nd = min(self.n_dense, levels)
         idx = cell.new_empty((2, 2, 2, levels, n))
         if nd:
@@ -115,80 +140,92 @@ class HashGridEncoding(nn.Module):
             hashed = idx[..., nd:, :]
             torch.bitwise_xor(tz[:, None, None] ^ ty[None, :, None], tx[None, None, :], out=hashed)
             hashed += self.offset[nd:levels, None]
-        # One gather for all corners and levels; its backward is an index_add (fast on CPU with
-        # int64 indices, unlike embedding's or advanced indexing's backward).
-        corners = self.params.index_select(1, idx.reshape(-1))
-        out = _trilinear(corners.reshape(self.n_features, 2, 2, 2, levels, n), frac)  # [F, L, N]
-        out = out.permute(2, 1, 0)                                                # [N, L, F]
-        if levels < self.n_levels:
-            out = torch.cat([out, out.new_zeros(n, self.n_levels - levels, self.n_features)], 1)
-        return out.reshape(n, self.n_output_dims)
-
-    def table(self, level: int) -> Tensor:
-        """The feature table ``[T_l, F]`` of one level (a view into ``params``)."""
-        start = int(self.offset[level])
-        return self.params[:, start:start + int(self.table_size[level])].T
+        return idx
 
 
-class _Trilinear(torch.autograd.Function):
-    """Trilinear interpolation and (optionally) its Jacobian w.r.t. the fractional position.
+def _chunks(n: int, levels: int, device: torch.device) -> list[slice]:
+    size = max(1, _CHUNK.get(device.type, 2 ** 22) // levels)
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
-    Inputs: corner values ``f [F, 2(z), 2(y), 2(x), L, N]`` and fractions ``t [3(x, y, z), L, N]``
-    (constants). Outputs ``out [F, L, N]`` and ``jac [3, F, L, N] = ∂out/∂t`` (empty unless
-    ``with_jac``). Both are linear in ``f``: three lerps (x, then y, then z) and their edge
-    differences. The backward pass is their adjoint, written out by hand with each result
-    stored in place, which keeps the normal computation's graph and CPU time small.
+
+class _HashInterpolation(torch.autograd.Function):
+    """Gather the 8 corner features of each (point, level) and interpolate them trilinearly.
+
+    Inputs: the table ``params [F, T]``, voxels ``cell [3, L, N]`` (int), fractions ``t [3, L, N]``
+    (constants), the corner-index function and whether to return the Jacobian. Outputs
+    ``out [F, L, N]`` and ``jac [3, F, L, N] = ∂out/∂t`` (empty unless ``with_jac``). Both are
+    linear in the table, so the backward pass is the adjoint of the interpolation followed by
+    one ``index_add`` per chunk; corner indices are recomputed rather than stored.
     """
 
     @staticmethod
-    def forward(ctx, f: Tensor, t: Tensor, with_jac: bool) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        ctx.save_for_backward(t)
-        ctx.with_jac = with_jac
-        tx, ty, tz = t.unbind(0)                                 # [L, N] each
-        n_f, _, _, _, n_l, n = f.shape
-        out = f.new_empty(n_f, n_l, n)
-        jac = f.new_empty((3, n_f, n_l, n) if with_jac else (0,))
-        dx = f[:, :, :, 1] - f[:, :, :, 0]                       # x-edges: [F, 2, 2, L, N]
-        ax = torch.addcmul(f[:, :, :, 0], tx, dx)                # lerp along x
-        dy = ax[:, :, 1] - ax[:, :, 0]                           # y-edges: [F, 2, L, N]
-        ay = torch.addcmul(ax[:, :, 0], ty, dy)                  # lerp along y
-        dz = torch.sub(ay[:, 1], ay[:, 0], out=jac[2]) if with_jac else ay[:, 1] - ay[:, 0]
-        torch.addcmul(ay[:, 0], tz, dz, out=out)                 # lerp along z
-        if with_jac:  # ∂/∂t_x: the x-edges lerped along y and z; ∂/∂t_y: the y-edges along z
-            dxy = torch.addcmul(dx[:, :, 0], ty, dx[:, :, 1] - dx[:, :, 0])
-            torch.addcmul(dxy[:, 0], tz, dxy[:, 1] - dxy[:, 0], out=jac[0])
-            torch.addcmul(dy[:, 0], tz, dy[:, 1] - dy[:, 0], out=jac[1])
+    def forward(ctx, params: Tensor, cell: Tensor, t: Tensor,  # type: ignore[override]
+                corner_index: Callable[[Tensor], Tensor], with_jac: bool) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(cell, t)
+        ctx.corner_index, ctx.with_jac, ctx.table_shape = corner_index, with_jac, params.shape
+        n_f, (_, n_l, n) = params.shape[0], t.shape
+        out = t.new_empty(n_f, n_l, n)
+        jac = t.new_empty((3, n_f, n_l, n) if with_jac else (0,))
+        for s in _chunks(n, n_l, t.device):
+            idx = corner_index(cell[..., s]).reshape(-1)
+            f = params.index_select(1, idx).reshape(n_f, 2, 2, 2, n_l, -1)
+            _lerp3(f, t[..., s], out[..., s], jac[..., s] if with_jac else None)
         return out, jac
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_out: Tensor, g_jac: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        (t,) = ctx.saved_tensors
-        tx, ty, tz = t.unbind(0)
-        n_f, n_l, n = g_out.shape
-        new = g_out.new_empty
+    def backward(ctx, g_out: Tensor,  # type: ignore[override]
+                 g_jac: Tensor) -> tuple[Tensor, None, None, None, None]:
+        cell, t = ctx.saved_tensors
+        g_out, g_jac = g_out.contiguous(), g_jac.contiguous()
+        grad = g_out.new_zeros(ctx.table_shape)
+        for s in _chunks(t.shape[2], t.shape[1], t.device):
+            g_f = _lerp3_adjoint(g_out[..., s], g_jac[..., s] if ctx.with_jac else None, t[..., s])
+            # index_add with int64 indices: far faster on CPU than embedding's backward.
+            grad.index_add_(1, ctx.corner_index(cell[..., s]).reshape(-1), g_f.reshape(grad.shape[0], -1))
+        return grad, None, None, None, None
 
-        def split(g: Tensor, w: Tensor, into: Tensor, edge: Tensor | None = None) -> Tensor:
-            # Adjoint of a lerp a0 + w·(a1 - a0) (plus an edge a1 - a0 with gradient ``edge``):
-            # g_a1 = w·g + edge, g_a0 = g - g_a1, written into the halves of ``into``.
-            hi, lo = into.select(-3, 1), into.select(-3, 0)
-            torch.mul(w, g, out=hi) if edge is None else torch.addcmul(edge, w, g, out=hi)
-            torch.sub(g, hi, out=lo)
-            return into
 
-        g_ay, g_ax = new(n_f, 2, n_l, n), new(n_f, 2, 2, n_l, n)
-        g_f = new(n_f, 2, 2, 2, n_l, n)
-        if not ctx.with_jac:
-            split(g_out, tz, g_ay)
-            split(g_ay, ty, g_ax)
-            return split(g_ax, tx, g_f), None, None
-        g_jx, g_jy, g_jz = g_jac.unbind(0)
-        split(g_out, tz, g_ay, g_jz)
-        g_dy = split(g_jy, tz, new(n_f, 2, n_l, n))              # jy lerps the y-edges along z
-        g_dxy = split(g_jx, tz, new(n_f, 2, n_l, n))             # jx lerps dxy along z ...
-        g_dx = split(g_dxy, ty, new(n_f, 2, 2, n_l, n))          # ... which lerps the x-edges along y
-        split(g_ay, ty, g_ax, g_dy)
-        return split(g_ax, tx, g_f, g_dx), None, None
+def _lerp3(f: Tensor, t: Tensor, out: Tensor, jac: Tensor | None) -> None:
+    """Trilinear interpolation of ``f [F, 2(z), 2(y), 2(x), L, n]`` at ``t [3, L, n]`` into ``out``
+    ``[F, L, n]``, and ``∂out/∂t`` into ``jac [3, F, L, n]`` if given: lerps along x, y, z."""
+    tx, ty, tz = t.unbind(0)
+    dx = f[:, :, :, 1] - f[:, :, :, 0]                           # x-edges: [F, 2, 2, L, n]
+    ax = torch.addcmul(f[:, :, :, 0], tx, dx)                    # lerp along x
+    dy = ax[:, :, 1] - ax[:, :, 0]                               # y-edges: [F, 2, L, n]
+    ay = torch.addcmul(ax[:, :, 0], ty, dy)                      # lerp along y
+    dz = ay[:, 1] - ay[:, 0] if jac is None else torch.sub(ay[:, 1], ay[:, 0], out=jac[2])
+    torch.addcmul(ay[:, 0], tz, dz, out=out)                     # lerp along z
+    if jac is not None:  # ∂/∂t_x: the x-edges lerped along y and z; ∂/∂t_y: the y-edges along z
+        dxy = torch.addcmul(dx[:, :, 0], ty, dx[:, :, 1] - dx[:, :, 0])
+        torch.addcmul(dxy[:, 0], tz, dxy[:, 1] - dxy[:, 0], out=jac[0])
+        torch.addcmul(dy[:, 0], tz, dy[:, 1] - dy[:, 0], out=jac[1])
+
+
+def _lerp3_adjoint(g_out: Tensor, g_jac: Tensor | None, t: Tensor) -> Tensor:
+    """Gradient ``[F, 2, 2, 2, L, n]`` w.r.t. the corners of :func:`_lerp3`'s outputs."""
+    tx, ty, tz = t.unbind(0)
+    n_f, n_l, n = g_out.shape
+    new = g_out.new_empty
+
+    def split(g: Tensor, w: Tensor, into: Tensor, edge: Tensor | None = None) -> Tensor:
+        # Adjoint of a lerp a0 + w·(a1 - a0) (plus an edge a1 - a0 with gradient ``edge``):
+        # g_a1 = w·g + edge, g_a0 = g - g_a1, written into the halves of ``into``.
+        hi, lo = into.select(-3, 1), into.select(-3, 0)
+        torch.mul(w, g, out=hi) if edge is None else torch.addcmul(edge, w, g, out=hi)
+        torch.sub(g, hi, out=lo)
+        return into
+
+    g_ay, g_ax, g_f = new(n_f, 2, n_l, n), new(n_f, 2, 2, n_l, n), new(n_f, 2, 2, 2, n_l, n)
+    if g_jac is None:
+        return split(split(split(g_out, tz, g_ay), ty, g_ax), tx, g_f)
+    g_jx, g_jy, g_jz = g_jac.unbind(0)
+    g_dy = split(g_jy, tz, new(n_f, 2, n_l, n))                  # jy lerps the y-edges along z
+    g_dxy = split(g_jx, tz, new(n_f, 2, n_l, n))                 # jx lerps dxy along z,
+    g_dx = split(g_dxy, ty, new(n_f, 2, 2, n_l, n))              # which lerps the x-edges along y
+    split(g_out, tz, g_ay, g_jz)
+    split(g_ay, ty, g_ax, g_dy)
+    return split(g_ax, tx, g_f, g_dx)
 
 
 class _AttachJacobian(torch.autograd.Function):
@@ -196,7 +233,8 @@ class _AttachJacobian(torch.autograd.Function):
 
     The backward pass is plain (differentiable) torch, so ``autograd.grad(...,
     create_graph=True)`` w.r.t. positions yields ``Σ_f g_f · jac_f``, which backpropagates into
-    ``jac`` and hence the table. Only the second derivative w.r.t. positions is left out.
+    ``jac`` and hence the table: exact gradients of normals w.r.t. the parameters. Only the
+    second derivative w.r.t. the positions themselves is left out (nothing needs it).
     """
 
     @staticmethod
@@ -207,16 +245,8 @@ class _AttachJacobian(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, None, Tensor]:  # type: ignore[override]
         (jac,) = ctx.saved_tensors
+        g = g.contiguous()  # it arrives permuted from the [N, L·F] output
         return g, None, (g * jac).sum(1)
-
-
-def _trilinear(f: Tensor, t: Tensor) -> Tensor:
-    """Trilinear interpolation ``[F, L, N]`` of corner values ``f`` at fractions ``t``, whose
-    gradient w.r.t. ``t`` is a differentiable function of ``f`` (see the two classes above)."""
-    if not t.requires_grad:  # no position gradient wanted: skip the Jacobian
-        return _Trilinear.apply(f, t, False)[0]
-    out, jac = _Trilinear.apply(f, t.detach(), True)
-    return _AttachJacobian.apply(out, jac, t)
 
 
 def _mlp(n_in: int, n_out: int, hidden: int, layers: int) -> nn.Sequential:
@@ -325,43 +355,3 @@ class ImplicitVolume(nn.Module):
         if not grad_on:
             density, albedo, normal = density.detach(), albedo.detach(), normal.detach()
         return FieldOutput(density, albedo, normal)
-
-
-# Real spherical harmonics up to degree 2 (9 functions) of a unit vector (x, y, z).
-_SH_C0 = 0.28209479177387814   # 1 / (2√π)
-_SH_C1 = 0.4886025119029199    # √3 / (2√π)
-_SH_C2 = (1.0925484305920792, 0.31539156525252005, 0.5462742152960396)  # √15/(2√π), √5/(4√π), √15/(4√π)
-
-
-def spherical_harmonics_deg2(d: Tensor) -> Tensor:
-    """The 9 real spherical harmonics ``Y_l^m`` (l ≤ 2) of unit vectors ``[..., 3]``."""
-    x, y, z = d.unbind(-1)
-    a, b, c = _SH_C2
-    return torch.stack([
-        torch.full_like(x, _SH_C0),
-        -_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x,
-        a * x * y, -a * y * z, b * (3 * z * z - 1), -a * x * z, c * (x * x - y * y),
-    ], dim=-1)
-
-
-@dataclass
-class BackgroundConfig:
-    """The official "neural-environment-map-background"."""
-
-    mlp_hidden: int = 16
-    """Width of the background MLP."""
-    mlp_layers: int = 2
-    """Hidden layers of the background MLP."""
-
-
-class EnvironmentBackground(nn.Module):
-    """Colour in (0, 1) as an MLP of the view direction's spherical harmonics (degree ≤ 2)."""
-
-    def __init__(self, config: BackgroundConfig | None = None) -> None:
-        super().__init__()
-        self.config = c = config or BackgroundConfig()
-        self.mlp = _mlp(9, 3, c.mlp_hidden, c.mlp_layers)
-
-    def forward(self, dirs: Tensor) -> Tensor:
-        """Colours ``[..., 3]`` for view directions ``[..., 3]`` (normalised here)."""
-        return torch.sigmoid(self.mlp(spherical_harmonics_deg2(F.normalize(dirs, dim=-1))))
