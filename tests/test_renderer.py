@@ -117,3 +117,15 @@ def test_stratified_samples_are_reproducible_and_jittered():
     c = r(cams, "albedo", None, stratified=False).depth
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(a, c)
+
+
+def test_occupancy_grid_update_marks_the_ball(monkeypatch):
+    r = _renderer(samples=64)
+    monkeypatch.setattr(r, "uses_grid", lambda device: True)
+    for step in range(0, 64, 16):
+        r.update_grid(step)
+    occupied = r.estimator.binaries[0]  # [res, res, res] over [-2, 2]^3
+    res = occupied.shape[0]
+    centre = res // 2
+    assert occupied[centre - 1:centre + 1, centre - 1:centre + 1, centre - 1:centre + 1].all()
+    assert not occupied[0, 0, 0] and occupied.float().mean() < 0.1
