@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_distill2d(sub)
     _add_generate(sub)
+    _add_export(sub)
     return parser
 
 
@@ -108,6 +109,50 @@ def _run_generate(args: argparse.Namespace) -> int:
         check_model_name(req.settings["model"])
     result = run_generate(req)
     return 130 if result.status == "cancelled" else 0
+
+
+def _threshold(text: str) -> float | None:
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"threshold must be 'auto' or a number, got '{text}'") from None
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="turn a run's field into a textured mesh (GLB or OBJ)",
+                       description="Extract the surface of RUN_DIR's optimised field with marching cubes, "
+                                   "UV-unwrap it, bake the albedo and write RUN_DIR/export/.")
+    p.add_argument("run", type=Path, metavar="RUN_DIR", help="a run folder made by generate")
+    p.add_argument("--resolution", type=int, default=256, help="marching-cubes grid per side (default 256)")
+    p.add_argument("--threshold", type=_threshold, default=None, metavar="auto|VALUE",
+                   help="density iso-level (default auto)")
+    p.add_argument("--texture-size", type=int, default=1024, help="texture side, a power of two (default 1024)")
+    p.add_argument("--faces", type=int, help="decimate to about N triangles")
+    p.add_argument("--format", choices=("glb", "obj"), default="glb", help="glb (default) or obj")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .server.export import ExportSettings, export_run
+
+    settings = ExportSettings(resolution=args.resolution, threshold=args.threshold,
+                              texture_size=args.texture_size, faces=args.faces, format=args.format)
+    settings.validate()
+    seen: set[str] = set()
+
+    def progress(stage: str, fraction: float) -> None:
+        if stage not in seen:
+            seen.add(stage)
+            print(f"[export] {stage}", file=sys.stderr, flush=True)
+
+    result = export_run(args.run.expanduser(), settings, args.device, progress)
+    info = result.info
+    print(f"wrote {result.files['mesh']} ({info['vertices']} vertices, {info['faces']} faces, "
+          f"{settings.texture_size}px texture, threshold {info['threshold']:.4g})", file=sys.stderr)
+    return 0
 
 
 def _strip_path(out: Path) -> Path:

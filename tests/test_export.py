@@ -1,0 +1,114 @@
+"""``export``: a run's field → GLB/OBJ with a baked texture, without touching the run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from sdi_blender.cli import main
+from sdi_blender.errors import UserError
+from sdi_blender.server import run_dir
+from sdi_blender.server.export import TO_GLTF, ExportSettings, export_run
+from sdi_blender.server.train_config import make_config
+from sdi_blender.server.trainer import Trainer
+
+FAST = ExportSettings(resolution=48, texture_size=128)
+
+
+@pytest.fixture(scope="module")
+def run(prior, tmp_path_factory) -> Path:
+    """A two-step tiny run: the field is still close to its centred blob of radius ≈ 0.5."""
+    path = tmp_path_factory.mktemp("run")
+    config = make_config("a red apple", "test", model="tiny", steps=2, resolution=32,
+                         **{"renderer.num_samples_per_ray": 16, "field.log2_hashmap_size": 12,
+                            "turntable_views": 1, "preview_size": 16})
+    run_dir.prepare_new_run(path, overwrite=False)
+    Trainer(config, path, prior=prior).run()
+    return path
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_export_of_a_tiny_run_writes_a_textured_glb(run):
+    result = export_run(run, FAST, device="cpu")
+    glb = result.files["mesh"]
+    assert glb == run / "export" / "mesh.glb"
+    info = json.loads((run / "export" / "export.json").read_text())
+    assert info["vertices"] > 100 and info["faces"] > 100 and info["texture_size"] == 128
+    assert {"threshold", "watertight", "seconds"} <= set(info)
+    mesh = trimesh.load(glb, force="mesh")
+    assert len(mesh.faces) == info["faces"]
+    assert mesh.visual.uv.shape == (len(mesh.vertices), 2)
+    assert mesh.visual.material.baseColorTexture.size == (128, 128)
+    # The blob: a centred object about a metre across, sitting on the origin.
+    radius = np.linalg.norm(mesh.vertices, axis=1)
+    assert 0.3 < radius.mean() < 0.7 and np.abs(mesh.vertices.mean(0)).max() < 0.1
+
+
+def test_glb_round_trips_uvs_and_texture(run, tmp_path):
+    result = export_run(run, FAST, device="cpu")
+    mesh = trimesh.load(result.files["mesh"], force="mesh")
+    image = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"))
+    assert image.shape == (128, 128, 3) and image.std() > 0  # a real bake, not a flat fill
+    assert (mesh.visual.uv >= 0).all() and (mesh.visual.uv <= 1).all()
+
+
+def test_second_export_leaves_the_optimisation_alone(run):
+    watched = [run / run_dir.CONFIG, run / run_dir.CHECKPOINT, run / run_dir.METRICS]
+    before = [_digest(p) for p in watched]
+    export_run(run, FAST, device="cpu")
+    export_run(run, ExportSettings(resolution=32, texture_size=64, format="obj"), device="cpu")
+    assert [_digest(p) for p in watched] == before
+    names = sorted(p.name for p in (run / "export").iterdir())
+    assert names == ["albedo.png", "export.json", "mesh.mtl", "mesh.obj"]  # replaced as a whole
+    assert "Kd 1.0" in (run / "export" / "mesh.mtl").read_text()
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_orientation_turns_the_front_to_blender_front():
+    # Blender's glTF importer maps glTF (x, y, z) to Blender (x, -z, y).
+    def to_blender(p):
+        g = TO_GLTF @ np.asarray(p, float)
+        return np.array([g[0], -g[2], g[1]])
+
+    np.testing.assert_allclose(to_blender([1, 0, 0]), [0, -1, 0])  # front (+X) → Front view (−Y)
+    np.testing.assert_allclose(to_blender([0, 0, 1]), [0, 0, 1])   # up stays up
+    assert np.linalg.det(TO_GLTF) == pytest.approx(1.0)            # a rotation: windings kept
+
+
+@pytest.mark.parametrize("settings, message", [
+    (ExportSettings(texture_size=1000), "power of two"),
+    (ExportSettings(texture_size=16384), "power of two"),
+    (ExportSettings(resolution=2048), "between 16 and 1024"),
+    (ExportSettings(format="fbx"), "unknown format"),
+])
+def test_bad_settings(settings, message):
+    with pytest.raises(UserError, match=message):
+        settings.validate()
+
+
+def test_empty_surface_suggests_a_threshold_and_keeps_the_old_export(run, capsys):
+    export_run(run, FAST, device="cpu")
+    before = _digest(run / "export" / "mesh.glb")
+    code = main(["export", str(run), "--resolution", "32", "--texture-size", "64",
+                 "--threshold", "1e9", "--device", "cpu"])
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("sdi-blender: error:") and "threshold" in lines[-1]
+    assert _digest(run / "export" / "mesh.glb") == before
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["export", str(tmp_path)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--texture-size", "1000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "power of two" in err[0]
+    assert not any(tmp_path.iterdir())
