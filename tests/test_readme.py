@@ -23,14 +23,17 @@ def test_readme_top_has_exactly_two_one_line_commands():
     assert all("\n" not in c for c in commands)
 
 
-def test_main_command_sets_up_and_runs_distill2d_with_the_default_model():
-    main_cmd = _top_commands()[0]
-    setup, _, run = main_cmd.partition(" && ")
+def test_main_command_goes_from_prompt_to_textured_mesh_with_the_default_model():
+    setup, *steps = _top_commands()[0].split(" && ")
     assert setup == "python vendor_setup.py"
-    argv = shlex.split(run)
-    assert argv[0] == ".venv/bin/sdi-blender"
-    args = build_parser().parse_args(argv[1:])  # the command line is valid
-    assert args.command == "distill2d" and args.model is None  # None: the paper's default model
+    parsed = []
+    for step in steps:
+        argv = shlex.split(step)
+        assert argv[0] == ".venv/bin/sdi-blender"
+        parsed.append(build_parser().parse_args(argv[1:]))  # each command line is valid
+    generate, export = parsed
+    assert generate.command == "generate" and generate.model is None  # None: the paper's model
+    assert export.command == "export" and export.run == generate.out
 
 
 def test_ci_runs_the_test_command_verbatim():
