@@ -1,0 +1,159 @@
+"""The local socket protocol between the Blender add-on (client) and the generation server.
+
+Torch-free and bpy-free: both sides import it.
+
+Transport: TCP; each message is one UTF-8 JSON object on one line (``\\n``-terminated), at
+most :data:`MAX_MESSAGE_BYTES`. A connection starts with
+``{"type": "hello", "token": ..., "protocol": PROTOCOL_VERSION}``; the server answers
+``{"event": "hello", ...}`` or an ``error`` event (``unauthorized``) and closes.
+Every request carries an ``id`` (string or integer) that the server echoes in the
+replies to that request. Job events (``queued`` … ``done``) also carry ``job``.
+
+Requests (``type``) and their fields are in :data:`REQUESTS`; events in :data:`EVENTS`;
+error codes in :data:`ERROR_CODES` (a closed set).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+ERROR_CODES: dict[str, str] = {
+    "bad_request": "the message is not valid JSON, not an object, or has missing, mistyped or out-of-range fields",
+    "too_large": "the message is longer than 16 MiB",
+    "unknown_type": "the request type is not one the server knows",
+    "unauthorized": "the token is missing or wrong (the connection is closed)",
+    "not_found": "no such job",
+    "conflict": "the job is in a state that does not allow the request (e.g. continuing a running job)",
+    "model_unavailable": "the diffusion model is neither on disk nor downloadable",
+    "out_of_memory": "the GPU ran out of memory; the job failed and memory was released",
+    "diverged": "the loss became NaN or infinite; the job stopped at its last good checkpoint",
+    "interrupted": "the server stopped while the job was running; continue resumes it",
+    "internal": "an unexpected server error (see the job log)",
+}
+"""Every ``code`` an ``error`` event can carry, with its meaning."""
+
+EVENTS = ("hello", "status", "jobs", "ok", "queued", "started", "progress", "preview", "exported",
+          "done", "cancelled", "error")
+"""Every ``event`` the server sends."""
+
+_STR, _INT, _NUM, _BOOL = str, int, (int, float), bool
+# request type → {field: (type, required)}; numbers are range-checked in validate_request.
+REQUESTS: dict[str, dict[str, tuple[Any, bool]]] = {
+    "hello": {"token": (_STR, True), "protocol": (_INT, True)},
+    "status": {},
+    "generate": {"prompt": (_STR, True), "negative_prompt": (_STR, False), "method": (_STR, False),
+                 "preset": (_STR, False), "steps": (_INT, False), "resolution": (_INT, False),
+                 "seed": (_INT, False), "guidance_scale": (_NUM, False), "perp_neg": (_BOOL, False),
+                 "view_dependent": (_BOOL, False), "model": (_STR, False),
+                 "preview_every": (_INT, False), "checkpoint_every": (_INT, False),
+                 "export": (dict, False)},
+    "cancel": {"job": (_STR, True)},
+    "subscribe": {"job": (_STR, True)},
+    "export": {"job": (_STR, True), "resolution": (_INT, False), "threshold": (_NUM, False),
+               "texture_size": (_INT, False), "faces": (_INT, False), "format": (_STR, False)},
+    "continue": {"job": (_STR, True), "steps": (_INT, True), "prompt": (_STR, False)},
+    "list_jobs": {},
+    "delete_job": {"job": (_STR, True)},
+    "shutdown": {},
+}
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "steps": (1, 1_000_000), "resolution": (8, 4096), "seed": (0, 2**63 - 1),
+    "guidance_scale": (-100.0, 100.0), "texture_size": (16, 8192), "faces": (4, 50_000_000),
+    "threshold": (-1e12, 1e12), "protocol": (0, 1_000_000),
+    "preview_every": (1, 1_000_000), "checkpoint_every": (1, 1_000_000),
+}
+_MAX_TEXT = 4096  # prompts and ids longer than this are refused
+
+
+class ProtocolError(Exception):
+    """A request the server refuses; becomes an ``error`` event with ``code``."""
+
+    def __init__(self, code: str, message: str, hint: str = "") -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"'{code}' is not a protocol error code")
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One message as a JSON line."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """Parse one line into a message object, or raise :class:`ProtocolError`."""
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"message of {len(line)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        message = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("bad_request", f"not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:  # e.g. "[[[[…" nested deeper than the parser's stack
+        raise ProtocolError("bad_request", "JSON nested too deeply") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_request", f"a message must be a JSON object, not {type(message).__name__}")
+    return message
+
+
+def validate_request(message: dict[str, Any]) -> dict[str, Any]:
+    """Check a request's type, id and fields; returns it unchanged or raises ProtocolError."""
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_request", "missing or non-string 'type'")
+    if kind not in REQUESTS:
+        raise ProtocolError("unknown_type", f"unknown request type '{kind[:64]}'",
+                            hint=f"one of {', '.join(REQUESTS)}")
+    rid = message.get("id")
+    if kind != "hello" and (isinstance(rid, bool) or not isinstance(rid, (str, int))
+                            or (isinstance(rid, str) and len(rid) > 128)):
+        raise ProtocolError("bad_request", "every request needs an 'id' (a string ≤ 128 chars or an integer)")
+    schema = REQUESTS[kind]
+    unknown = set(message) - set(schema) - {"type", "id"}
+    if unknown:
+        raise ProtocolError("bad_request", f"unknown field(s) {sorted(unknown)[:5]} for '{kind}'")
+    _check_fields(kind, message, schema)
+    if kind == "generate" and "export" in message:
+        # generate's optional export object takes export's settings (all but "job").
+        settings = {k: v for k, v in REQUESTS["export"].items() if k != "job"}
+        unknown = set(message["export"]) - set(settings)
+        if unknown:
+            raise ProtocolError("bad_request", f"unknown field(s) {sorted(unknown)[:5]} in 'export'")
+        _check_fields("generate.export", message["export"], settings)
+    return message
+
+
+def _check_fields(kind: str, message: dict[str, Any], schema: dict[str, tuple[Any, bool]]) -> None:
+    for name, (typ, required) in schema.items():
+        if name not in message:
+            if required:
+                raise ProtocolError("bad_request", f"'{kind}' needs the field '{name}'")
+            continue
+        _check_field(kind, name, message[name], typ)
+
+
+def _check_field(kind: str, name: str, value: Any, typ: Any) -> None:
+    # bool is an int in Python; the protocol keeps them apart.
+    if isinstance(value, bool) and typ is not _BOOL or not isinstance(value, typ):
+        raise ProtocolError("bad_request", f"'{name}' of '{kind}' has the wrong type")
+    if isinstance(value, str) and len(value) > _MAX_TEXT:
+        raise ProtocolError("bad_request", f"'{name}' is longer than {_MAX_TEXT} characters")
+    if name in _RANGES and not isinstance(value, (str, dict)):
+        lo, hi = _RANGES[name]
+        if not lo <= value <= hi or value != value:  # value != value: NaN
+            raise ProtocolError("bad_request", f"'{name}' = {value} is out of range [{lo}, {hi}]")
+
+
+def error_event(code: str, message: str, hint: str = "", request_id: Any = None,
+                job: str | None = None) -> dict[str, Any]:
+    """An ``error`` event."""
+    event: dict[str, Any] = {"event": "error", "code": code, "message": message, "hint": hint}
+    if request_id is not None:
+        event["id"] = request_id
+    if job is not None:
+        event["job"] = job
+    return event
