@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill2d(sub)
     _add_generate(sub)
     _add_export(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -153,6 +154,32 @@ def _run_export(args: argparse.Namespace) -> int:
     print(f"wrote {result.files['mesh']} ({info['vertices']} vertices, {info['faces']} faces, "
           f"{settings.texture_size}px texture, threshold {info['threshold']:.4g})", file=sys.stderr)
     return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the generation server that the Blender add-on talks to",
+                       description="Serve generate/continue/export jobs over a local TCP socket (JSON lines). "
+                                   "Prints one JSON line {\"event\": \"listening\", ...} when ready.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    p.add_argument("--token-file", type=Path, help="where to write the access token "
+                                                   "(default JOBS_DIR/server.token)")
+    p.add_argument("--jobs-dir", type=Path, help="job folders (default ~/.cache/sdi-blender/jobs)")
+    p.add_argument("--model", help="default model of generate jobs: hub id (default "
+                                   "stabilityai/stable-diffusion-2-1-base), local diffusers directory or 'tiny'")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host (the token is sent in clear text)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from .server.service import serve
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"port must be between 0 and 65535, got {args.port}")
+    return serve(host=args.host, port=args.port, token_file=args.token_file, jobs_dir=args.jobs_dir,
+                 model=args.model, device=args.device, allow_remote=args.allow_remote)
 
 
 def _strip_path(out: Path) -> Path:

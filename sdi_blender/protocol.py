@@ -11,6 +11,18 @@ replies to that request. Job events (``queued`` … ``done``) also carry ``job``
 
 Requests (``type``) and their fields are in :data:`REQUESTS`; events in :data:`EVENTS`;
 error codes in :data:`ERROR_CODES` (a closed set).
+
+Replies (with the request's ``id``): ``status`` → ``{event: status, version, protocol, device,
+memory, model, queue, running}``; ``list_jobs`` → ``{event: jobs, jobs: [{job, kind, prompt,
+status, step, total, created, error}]}``; ``cancel``, ``delete_job``, ``subscribe`` (plus the
+job's list entry) and ``shutdown`` → ``{event: ok, ...}``; ``generate``, ``continue`` and
+``export`` → ``{event: queued, job, position}`` (jobs that run first, the running one
+included), and the connection is subscribed to that job. A refused request gets an
+``error`` event with its ``id``; a ``too_large`` line also closes the connection.
+Job events (``job`` but no ``id``): started(kind), progress(step, total, t, loss, elapsed_s,
+eta_s), preview(step, png: base64), exported(files: {kind: path}, vertices, faces), then
+exactly one of done(step), cancelled(step) or error(code, message, hint).
+Job statuses: queued, running, done, cancelled, failed, interrupted.
 """
 
 from __future__ import annotations

@@ -1,0 +1,364 @@
+"""``sdi-blender serve``: a real server process on loopback with the tiny model on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sdi_blender.cli import main
+from sdi_blender.protocol import MAX_MESSAGE_BYTES
+
+SMALL = {"preset": "test", "resolution": 32, "steps": 4}
+TERMINAL = ("done", "cancelled", "error")
+
+
+class Server:
+    """A server subprocess and what its listening line said."""
+
+    def __init__(self, jobs_dir: Path) -> None:
+        self.jobs_dir = jobs_dir
+        self.log = open(jobs_dir.parent / f"{jobs_dir.name}-server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sdi_blender.server", "--model", "tiny", "--device", "cpu",
+             "--jobs-dir", str(jobs_dir)], stdout=subprocess.PIPE, stderr=self.log, env=os.environ.copy())
+        line = self.proc.stdout.readline()
+        assert line, f"the server exited: {self.proc.wait()}"
+        self.listening = json.loads(line)
+        self.port = self.listening["port"]
+        self.token = (jobs_dir / "server.token").read_text().strip()
+
+    def client(self) -> Client:
+        return Client(self.port, self.token)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+class Client:
+    """A minimal protocol client: JSON lines over a socket; job events are kept in ``backlog``."""
+
+    def __init__(self, port: int, token: str | None = None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.file = self.sock.makefile("rb")
+        self.backlog: list[dict[str, Any]] = []
+        self.next_id = 0
+        if token is not None:
+            assert self.ask({"type": "hello", "token": token, "protocol": 1})["event"] == "hello"
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self) -> dict[str, Any] | None:
+        line = self.file.readline()
+        return json.loads(line) if line else None
+
+    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send a request and return its reply (the first message echoing its id)."""
+        self.next_id += 1
+        self.send_raw((json.dumps({**message, "id": self.next_id}) + "\n").encode())
+        while (event := self.recv()) is not None and event.get("id") != self.next_id:
+            self.backlog.append(event)
+        assert event is not None, "connection closed"
+        return event
+
+    def events(self, job: str) -> list[dict[str, Any]]:
+        """The job's events until its terminal one (from the backlog first)."""
+        events = [e for e in self.backlog if e.get("job") == job]
+        self.backlog = [e for e in self.backlog if e.get("job") != job]
+        while not events or events[-1]["event"] not in TERMINAL:
+            event = self.recv()
+            assert event is not None, f"connection closed after {events}"
+            events.append(event)
+        return events
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
+    srv = Server(tmp_path_factory.mktemp("server") / "jobs")
+    yield srv
+    srv.stop()
+
+
+def test_listening_line_and_private_token(server: Server):
+    assert set(server.listening) == {"event", "host", "port", "pid", "protocol"}
+    assert server.listening["event"] == "listening" and server.listening["host"] == "127.0.0.1"
+    assert server.listening["pid"] == server.proc.pid and server.listening["protocol"] == 1
+    assert stat.S_IMODE((server.jobs_dir / "server.token").stat().st_mode) == 0o600
+    assert len(server.token) >= 32
+
+
+def test_wrong_token_is_refused_and_closed(server: Server):
+    for hello in ({"type": "hello", "token": "nope", "protocol": 1},
+                  {"type": "hello", "token": server.token, "protocol": 2}, {"type": "status", "id": 1}):
+        client = Client(server.port)
+        client.send_raw((json.dumps(hello) + "\n").encode())
+        assert client.recv()["code"] == "unauthorized"
+        assert client.recv() is None  # closed
+        client.close()
+
+
+def test_non_loopback_host_needs_allow_remote(capsys):
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--allow-remote" in err[0]
+
+
+def test_generate_with_export_then_export_again(server: Server):
+    client = server.client()
+    reply = client.ask({"type": "generate", "prompt": "a red apple", **SMALL,
+                        "export": {"resolution": 32, "texture_size": 64}})
+    assert reply["event"] == "queued" and reply["position"] == 0
+    job = reply["job"]
+    events = client.events(job)
+    kinds = [e["event"] for e in events]
+    assert kinds == ["started"] + ["progress"] * 4 + ["preview", "exported", "done"], kinds
+    assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2, 3, 4]
+    assert all(e["total"] == 4 and e["loss"] > 0 for e in events if e["event"] == "progress")
+    exported = events[-2]["files"]
+    assert exported["mesh"].endswith("mesh.glb") and all(Path(p).is_file() for p in exported.values())
+    assert (server.jobs_dir / job / "job.json").is_file() and (server.jobs_dir / job / "job.log").is_file()
+
+    reply = client.ask({"type": "export", "job": job, "resolution": 32, "texture_size": 64, "format": "obj"})
+    assert reply["event"] == "queued"
+    events = client.events(job)
+    assert [e["event"] for e in events] == ["started", "exported", "done"]
+    assert Path(events[1]["files"]["mesh"]).suffix == ".obj"
+    listed = {j["job"]: j for j in client.ask({"type": "list_jobs"})["jobs"]}
+    assert listed[job]["status"] == "done" and listed[job]["step"] == 4 and listed[job]["prompt"] == "a red apple"
+    client.close()
+
+
+def test_cancel_stops_within_one_step_with_a_valid_checkpoint(server: Server):
+    import torch
+
+    client = server.client()
+    job = client.ask({"type": "generate", "prompt": "a pear", **SMALL, "steps": 500})["job"]
+    while (event := client.recv())["event"] != "progress":
+        pass
+    reply = client.ask({"type": "cancel", "job": job})
+    asked_at = max([event["step"]] + [e["step"] for e in client.backlog if e["event"] == "progress"])
+    assert reply["event"] == "ok"
+    events = client.events(job)
+    assert events[-1]["event"] == "cancelled" and events[-1]["step"] <= asked_at + 1
+    state = json.loads((server.jobs_dir / job / "state.json").read_text())
+    assert state["status"] == "cancelled" and state["step"] == events[-1]["step"]
+    checkpoint = torch.load(server.jobs_dir / job / "checkpoints/last.pt", weights_only=False)
+    assert checkpoint["step"] == events[-1]["step"]
+    assert json.loads((server.jobs_dir / job / "job.json").read_text())["status"] == "cancelled"
+    assert client.ask({"type": "cancel", "job": job})["code"] == "conflict"
+    assert client.ask({"type": "delete_job", "job": job})["event"] == "ok"
+    assert not (server.jobs_dir / job).exists()
+    client.close()
+
+
+def test_status_stays_responsive_while_another_client_generates(server: Server):
+    worker, watcher = server.client(), server.client()
+    job = worker.ask({"type": "generate", "prompt": "a plum", **SMALL, "steps": 6})["job"]
+    done = threading.Event()
+    latencies: list[float] = []
+    seen_running = []
+
+    def poll() -> None:
+        while not done.is_set():
+            start = time.perf_counter()
+            status = watcher.ask({"type": "status"})
+            latencies.append(time.perf_counter() - start)
+            seen_running.append(status["running"])
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        assert worker.events(job)[-1]["event"] == "done"
+    finally:
+        done.set()
+        thread.join()
+    assert job in seen_running and len(latencies) >= 5
+    assert max(latencies) < 1.0, max(latencies)
+    status = watcher.ask({"type": "status"})
+    assert status["model"] == "tiny" and status["memory"]["rss"] > 0 and status["device"] == "cpu"
+    worker.close()
+    watcher.close()
+
+
+def _hostile() -> list[tuple[bytes, str]]:
+    """Malformed or hostile lines with the error code each must get."""
+    def msg(**fields: Any) -> bytes:
+        return json.dumps({"id": 7, **fields}).encode()
+
+    def gen(**fields: Any) -> bytes:
+        return msg(**{"type": "generate", "prompt": "x", **fields})
+    return [
+        (b"not json", "bad_request"), (b"[1, 2]", "bad_request"), (b'"text"', "bad_request"),
+        (b"{", "bad_request"), (b"\xff\xfe{}", "bad_request"), (b"[" * 100_000, "bad_request"),
+        (b"", "bad_request"), (msg(type="nope"), "unknown_type"), (msg(type="x" * 100_000), "unknown_type"),
+        (msg(), "bad_request"), (msg(type=5), "bad_request"), (b'{"type": "status"}', "bad_request"),
+        (b'{"type": "status", "id": true}', "bad_request"), (msg(type="status", id="i" * 500), "bad_request"),
+        (msg(type="status", extra=1), "bad_request"), (msg(type="generate", steps=4), "bad_request"),
+        (gen(prompt="x" * 5000), "bad_request"), (gen(steps=-1), "bad_request"),
+        (gen(steps=10**30), "bad_request"), (gen(steps="4"), "bad_request"),
+        (gen(steps=4.5), "bad_request"), (gen(perp_neg=1), "bad_request"),
+        (b'{"type": "generate", "id": 7, "prompt": "x", "guidance_scale": NaN}', "bad_request"),
+        (b'{"type": "generate", "id": 7, "prompt": "x", "guidance_scale": -Infinity}', "bad_request"),
+        (gen(resolution=12), "bad_request"), (gen(preset="ultra"), "bad_request"),
+        (gen(method="magic"), "bad_request"), (gen(model="/no/such/model"), "bad_request"),
+        (gen(prompt="   "), "bad_request"), (gen(export={"texture_size": 100}), "bad_request"),
+        (gen(export={"colour": 1}), "bad_request"), (gen(export=[1]), "bad_request"),
+        (msg(type="cancel", job="../../etc"), "not_found"), (msg(type="export", job="nope"), "not_found"),
+        (msg(type="continue", job="nope", steps=0), "bad_request"), (msg(type="subscribe", job=3), "bad_request"),
+        (msg(type="continue", job="nope", steps=3), "not_found"), (msg(type="delete_job", job=""), "not_found"),
+        (msg(type="hello", token="t", protocol=1), "bad_request"),
+    ]
+
+
+def test_a_thousand_hostile_messages_leave_the_server_serving(server: Server):
+    submitter, client, attacker = server.client(), server.client(), server.client()
+    job = submitter.ask({"type": "generate", "prompt": "a fig", **SMALL})["job"]
+    submitter.close()  # a client that goes away must not affect its job
+    subscribed = client.ask({"type": "subscribe", "job": job})
+    assert subscribed["event"] == "ok" and subscribed["job"] == job
+    cases = _hostile()
+    for i in range(998):
+        line, code = cases[i % len(cases)]
+        attacker.send_raw(line + b"\n")
+        reply = attacker.recv()
+        assert reply["event"] == "error" and reply["code"] == code, (line[:80], reply)
+    for _ in range(2):  # too long for one message: answered, then that connection is closed
+        big = server.client()
+        big.send_raw(b"a" * (MAX_MESSAGE_BYTES + 1))
+        assert big.recv()["code"] == "too_large" and big.recv() is None
+        big.close()
+    start = time.perf_counter()
+    assert attacker.ask({"type": "status"})["event"] == "status"
+    assert time.perf_counter() - start < 1.0
+    if subscribed["status"] != "done":
+        assert client.events(job)[-1]["event"] == "done"
+    assert {j["job"]: j["status"] for j in attacker.ask({"type": "list_jobs"})["jobs"]}[job] == "done"
+    client.close()
+    attacker.close()
+
+
+def test_kill_restart_continue(tmp_path: Path):
+    jobs = tmp_path / "jobs"
+    first = Server(jobs)
+    try:
+        client = first.client()
+        job = client.ask({"type": "generate", "prompt": "a kiwi", **SMALL, "steps": 8,
+                          "checkpoint_every": 2, "preview_every": 100})["job"]
+        while (event := client.recv())["event"] != "progress" or event["step"] < 3:
+            pass  # the step-2 checkpoint is on disk
+        os.kill(first.proc.pid, signal.SIGKILL)
+    finally:
+        first.stop()
+    second = Server(jobs)
+    try:
+        client = second.client()
+        listed = {j["job"]: j for j in client.ask({"type": "list_jobs"})["jobs"]}[job]
+        assert listed["status"] == "interrupted" and listed["step"] >= 2 and listed["total"] == 8
+        reply = client.ask({"type": "continue", "job": job, "steps": 8 - listed["step"]})
+        assert reply["event"] == "queued"
+        events = client.events(job)
+        assert events[-1] == {"event": "done", "job": job, "step": 8}
+        assert events[1]["event"] == "progress" and events[1]["step"] == listed["step"] + 1
+        assert json.loads((jobs / job / "state.json").read_text())["status"] == "done"
+    finally:
+        second.stop()
+
+
+def test_shutdown_cancels_the_running_job_and_exits(server: Server):
+    client = server.client()
+    job = client.ask({"type": "generate", "prompt": "a lime", **SMALL, "steps": 500})["job"]
+    while client.recv()["event"] != "progress":
+        pass
+    assert client.ask({"type": "shutdown"})["event"] == "ok"
+    assert client.events(job)[-1]["event"] == "cancelled"
+    assert client.recv() is None
+    assert server.proc.wait(timeout=30) == 0
+    assert not (server.jobs_dir / "server.token").exists()
+    assert (server.jobs_dir / job / "checkpoints/last.pt").is_file()
+
+
+def test_job_faults_in_process(tmp_path: Path):
+    """Out of memory, a bug and a missing model each fail only their job; the queue goes on."""
+    import gc
+    import weakref
+    from types import SimpleNamespace
+
+    import torch
+
+    from sdi_blender.errors import ModelUnavailable
+    from sdi_blender.server.jobs import JobManager
+    from sdi_blender.server.trainer import RunResult
+
+    events: dict[str, list[dict]] = {}
+    finished = threading.Semaphore(0)
+    gate = threading.Event()
+    outcomes = iter([(torch.cuda.OutOfMemoryError, "CUDA out of memory. Tried to allocate 20 GiB"),
+                     (ValueError, "boom"), None])
+    trainers: list[weakref.ref] = []
+    loads: list[str] = []
+
+    def emit(job: str, event: dict) -> None:
+        events.setdefault(job, []).append(event)
+        if event["event"] in TERMINAL:
+            finished.release()
+
+    def load_prior(model: str, device: torch.device) -> SimpleNamespace:
+        loads.append(model)
+        if model != "tiny":
+            raise ModelUnavailable(f"model '{model}' is not available")
+        return SimpleNamespace(model_id=model, device=device)
+
+    class FakeTrainer:
+        def __init__(self, config, run, *, prior, callbacks, resume) -> None:
+            self.steps, self.outcome, self.memory = config.steps, next(outcomes), bytearray(1 << 20)
+            trainers.append(weakref.ref(self))
+
+        def run(self, cancel) -> RunResult:
+            gate.wait(30)
+            if self.outcome is not None:
+                kind, message = self.outcome
+                raise kind(message)
+            return RunResult("done", self.steps)
+
+    manager = JobManager(tmp_path, emit, device=torch.device("cpu"), model="tiny",
+                         trainer_factory=FakeTrainer, prior_factory=load_prior)
+    ids = [manager.submit("generate", {"prompt": p, "preset": "test", **extra})[0]
+           for p, extra in [("oom", {}), ("bug", {}), ("gone", {"model": "other/model"}), ("ok", {}),
+                            ("never", {})]]
+    assert manager.cancel(ids[4]) == "cancelled"  # a queued job is removed at once
+    gate.set()
+    for _ in ids:
+        assert finished.acquire(timeout=30)
+    manager.shutdown()
+    last = {job: events[job][-1] for job in ids}
+    assert last[ids[0]]["code"] == "out_of_memory" and "resolution" in last[ids[0]]["hint"]
+    assert last[ids[1]]["code"] == "internal" and "boom" in last[ids[1]]["message"]
+    assert last[ids[2]]["code"] == "model_unavailable"
+    assert last[ids[3]]["event"] == "done" and last[ids[4]]["event"] == "cancelled"
+    statuses = {j["job"]: j["status"] for j in manager.list()}
+    assert [statuses[j] for j in ids] == ["failed", "failed", "failed", "done", "cancelled"]
+    saved = json.loads((tmp_path / ids[0] / "job.json").read_text())
+    assert saved["status"] == "failed" and saved["error"]["code"] == "out_of_memory"
+    assert "Traceback" in (tmp_path / ids[1] / "job.log").read_text()
+    gc.collect()
+    assert trainers[0]() is None  # the out-of-memory job's trainer was released
+    assert loads == ["tiny", "other/model", "tiny"]  # kept between jobs, dropped for another model
