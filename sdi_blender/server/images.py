@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import torch
@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from ..errors import UserError
+from .fileio import atomic_write, probe_writable
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
@@ -48,22 +49,17 @@ def check_output_path(path: Path) -> None:
     folder = path.parent
     if not folder.is_dir():
         raise UserError(f"output folder '{folder}' does not exist")
-    probe = folder / f".{path.name}.{os.getpid()}.probe"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(folder)
     except OSError as exc:
         raise UserError(f"cannot write to '{folder}': {exc.strerror or exc}") from exc
 
 
 def write_image_atomic(image: Image.Image, path: Path) -> None:
-    """Write via a temporary file and rename, so no half-written image is ever left."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format=FORMATS[path.suffix.lower()])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Encode by the path's suffix and write atomically (no half-written image is ever left)."""
+    buf = io.BytesIO()
+    image.save(buf, format=FORMATS[path.suffix.lower()])
+    atomic_write(path, buf.getvalue())
 
 
 def side_by_side(images: list[Image.Image]) -> Image.Image:

@@ -10,11 +10,11 @@ half-written file that a later resume would trust.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from ..errors import UserError
+from .fileio import atomic_write, probe_writable
 
 CONFIG = "config.json"
 STATE = "state.json"
@@ -25,17 +25,6 @@ LOSS_CURVE = "loss_curve.png"
 TURNTABLE = "turntable.png"
 RUN_ENTRIES = (CONFIG, STATE, "checkpoints", METRICS, PREVIEWS, LOSS_CURVE, TURNTABLE)
 """What a run creates (and ``--overwrite`` removes); anything else is left alone."""
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_state(run: Path, status: str, step: int, total: int, message: str = "") -> None:
@@ -51,12 +40,6 @@ def read_state(run: Path) -> dict:
         return {}
 
 
-def _probe(folder: Path) -> None:
-    probe = folder / f".probe.{os.getpid()}"
-    probe.write_bytes(b"")
-    probe.unlink()
-
-
 def _check_writable(run: Path) -> None:
     """Raise unless ``run`` is, or could be made, a writable folder; creates nothing."""
     if run.exists() and not run.is_dir():
@@ -67,7 +50,7 @@ def _check_writable(run: Path) -> None:
     try:
         if not existing.is_dir():
             raise NotADirectoryError(f"'{existing}' is a file")
-        _probe(existing)
+        probe_writable(existing)
     except OSError as exc:
         raise UserError(f"run folder '{run}' is not writable: {exc.strerror or exc}") from exc
 
