@@ -25,6 +25,8 @@ BLOCKED_IMPORT = textwrap.dedent(
     sys.meta_path.insert(0, Block())
     import sdi_blender
     assert callable(sdi_blender.register) and callable(sdi_blender.unregister)
+    # What the add-on uses to drive the server must be torch-free too.
+    import sdi_blender.client, sdi_blender.protocol, sdi_blender.errors  # noqa: E401
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "bpy"))
     print(sdi_blender.__file__, sdi_blender.__version__, loaded)
     """
