@@ -19,14 +19,16 @@ annotations (they are evaluated when the functions are defined).
 import argparse
 import ast
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -258,11 +260,58 @@ def install(venv: Path, python: Path, dev: bool, choice: TorchChoice) -> None:
         raise SetupError("step 'checking the install' failed: the venv cannot import sdi_blender and torch")
 
 
+# The Blender side needs no torch code: the server runs from the venv, not from Blender.
+ADDON_SKIP = ("server", "__pycache__")
+
+
+def addon_files() -> List[Tuple[Path, str]]:
+    """(file, name in the zip) of the add-on: the package's Blender-side files at the root."""
+    package = REPO / "sdi_blender"
+    found = [(REPO / "blender_manifest.toml", "blender_manifest.toml")]
+    for path in sorted(package.rglob("*")):
+        rel = path.relative_to(package)
+        if path.is_file() and not set(rel.parts) & set(ADDON_SKIP) and path.suffix != ".pyc":
+            found.append((path, rel.as_posix()))
+    return found
+
+
+def addon_zip_bytes(files: Sequence[Tuple[Path, str]]) -> bytes:
+    """A deterministic zip (fixed timestamps, sorted names), so a rebuild is byte-identical."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, name in sorted(files, key=lambda item: item[1]):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            archive.writestr(info, path.read_bytes())
+    return buf.getvalue()
+
+
+def build_addon(dist: Path) -> Path:
+    """Write dist/sdi_blender-<version>.zip for Blender's "Install from Disk"; skip if unchanged."""
+    import tomllib  # 3.11+, which check_python has ensured
+
+    manifest = tomllib.loads((REPO / "blender_manifest.toml").read_text(encoding="utf-8"))
+    target = dist / "{}-{}.zip".format(manifest["id"], manifest["version"])
+    data = addon_zip_bytes(addon_files())
+    if target.is_file() and target.read_bytes() == data:
+        step("add-on {} is up to date".format(target))
+        return target
+    dist.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(str(tmp), str(target))
+    step("wrote the Blender add-on {}".format(target))
+    return target
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = UsageParser(prog="vendor_setup.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--venv", type=Path, default=REPO / ".venv", help="where the venv goes (default: .venv beside this script)")
     parser.add_argument("--dev", action="store_true", help="also install the test tools (the dev extra)")
     parser.add_argument("--print-python", action="store_true", help="print the venv's python path; install nothing")
+    parser.add_argument("--build-addon", action="store_true",
+                        help="only write the Blender add-on zip (the full set-up writes it too)")
+    parser.add_argument("--dist", type=Path, default=REPO / "dist", help="where the add-on zip goes (default: dist)")
     return parser.parse_args(argv)
 
 
@@ -299,7 +348,9 @@ def main(argv: Optional[Sequence[str]] = None, version_info: Sequence[int] = sys
                 raise SetupError("no environment at {}; run python vendor_setup.py first".format(venv))
             print(venv_python(venv))
             return 0
-        setup(venv, args.dev, os.environ)
+        if not args.build_addon:
+            setup(venv, args.dev, os.environ)
+        build_addon(args.dist.absolute())
     except (SetupError, OSError) as exc:  # OSError: e.g. no permission to write the venv
         print("error: {}".format(exc), file=sys.stderr)
         return 1

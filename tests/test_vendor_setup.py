@@ -254,3 +254,40 @@ def test_install_failure_names_the_step(tmp_path: Path) -> None:
     _assert_one_error_line(proc, "installing torch", "torch")
     assert "creating venv" in proc.stdout
     assert not (tmp_path / "venv" / vs.STAMP_NAME).exists()
+
+
+# --- the Blender add-on zip -------------------------------------------------
+
+def test_build_addon_writes_an_installable_zip(tmp_path: Path) -> None:
+    import zipfile
+
+    proc = _run(["--build-addon", "--dist", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr
+    import tomllib
+
+    version = tomllib.loads((REPO / "blender_manifest.toml").read_text())["version"]
+    target = tmp_path / "sdi_blender-{}.zip".format(version)
+    names = zipfile.ZipFile(target).namelist()
+    # Blender wants the manifest beside __init__.py at the archive's root.
+    assert {"blender_manifest.toml", "__init__.py", "addon/preferences.py", "client.py", "protocol.py"} <= set(names)
+    assert not [n for n in names if n.startswith("server/") or "__pycache__" in n or n.endswith(".pyc")]
+    stamp = target.stat().st_mtime_ns
+    again = _run(["--build-addon", "--dist", str(tmp_path)])
+    assert again.returncode == 0 and "up to date" in again.stdout
+    assert target.stat().st_mtime_ns == stamp  # a rebuild changes nothing
+
+
+def test_blender_validates_the_addon_zip(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("bpy")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("bpy is not installed, so Blender's extension validator is not available")
+    root = Path(list(spec.submodule_search_locations)[0])
+    cli = sorted(root.glob("*/scripts/addons_core/bl_pkg/cli/blender_ext.py"))[-1]
+    tags = cli.parents[3] / "modules" / "_bpy_internal" / "extensions" / "tags.py"
+    assert _run(["--build-addon", "--dist", str(tmp_path)]).returncode == 0
+    (zip_path,) = tmp_path.glob("sdi_blender-*.zip")
+    proc = subprocess.run([sys.executable, str(cli), "validate", "--valid-tags", str(tags), str(zip_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
