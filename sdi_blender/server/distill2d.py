@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from .console import StepBar
 from .guidance import METHODS, ScoreDistillation, annealed_timestep
 from .images import grid, label, side_by_side, to_pil, write_image_atomic
 from .model_source import DEFAULT_MODEL
@@ -125,18 +126,6 @@ def distill2d(cfg: Distill2DConfig, prior: StableDiffusionPrior,
                            latent=latent.detach(), seconds=time.perf_counter() - start)
 
 
-def _progress_bar(label: str, total: int) -> tuple[ProgressFn, Callable[[], None]]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=label, unit="step", dynamic_ncols=True, file=sys.stderr)
-
-    def update(step: int, total: int, t: int, loss: float) -> None:
-        bar.set_postfix(t=t, loss=f"{loss:.4g}", refresh=False)
-        bar.update(step - bar.n)
-
-    return update, bar.close
-
-
 def run_distill2d(cfg: Distill2DConfig, out: Path, strip_out: Path, device: str = "auto",
                   compare: bool = False) -> list[Distill2DResult]:
     """The ``distill2d`` command: run, then write the image and the strip atomically.
@@ -148,11 +137,12 @@ def run_distill2d(cfg: Distill2DConfig, out: Path, strip_out: Path, device: str 
     prior = StableDiffusionPrior(cfg.model, device=resolve_device(device))
     results = []
     for method in methods:
-        update, close = _progress_bar(method.upper(), cfg.steps)
+        bar = StepBar(cfg.steps, label=method.upper())
         try:
-            results.append(distill2d(replace(cfg, method=method), prior, update))
+            results.append(distill2d(replace(cfg, method=method), prior,
+                                     lambda step, total, t, loss: bar.update(step, t, loss)))
         finally:
-            close()
+            bar.close()
     tiles = [to_pil(r.image) for r in results]
     image = side_by_side([label(t, m.upper()) for m, t in zip(methods, tiles)]) if compare else tiles[0]
     strip = to_pil(grid([r.frames for r in results]))

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import UserError
 from . import run_dir
+from .console import StepBar
 from .prior import StableDiffusionPrior, resolve_device
 from .train_config import TrainConfig, make_config
 from .trainer import Progress, RunResult, Trainer, TrainerCallbacks
@@ -70,13 +71,10 @@ def plan_run(req: GenerateRequest) -> tuple[TrainConfig, bool]:
 
 class _ProgressBar(TrainerCallbacks):
     def __init__(self, total: int, initial: int) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.bar = StepBar(total, initial)
 
     def on_progress(self, p: Progress) -> None:
-        self.bar.set_postfix(t=p.t, loss=f"{p.losses['total']:.4g}", refresh=False)
-        self.bar.update(p.step - self.bar.n)
+        self.bar.update(p.step, p.t, p.losses["total"])
 
 
 class _CancelOnInterrupt:
