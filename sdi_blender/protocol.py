@@ -67,7 +67,8 @@ REQUESTS: dict[str, dict[str, tuple[Any, bool]]] = {
     "subscribe": {"job": (_STR, True)},
     "export": {"job": (_STR, True), "resolution": (_INT, False), "threshold": (_NUM, False),
                "texture_size": (_INT, False), "faces": (_INT, False), "format": (_STR, False)},
-    "continue": {"job": (_STR, True), "steps": (_INT, True), "prompt": (_STR, False)},
+    "continue": {"job": (_STR, True), "steps": (_INT, True), "prompt": (_STR, False),
+                 "export": (dict, False)},
     "list_jobs": {},
     "delete_job": {"job": (_STR, True)},
     "shutdown": {},
@@ -129,13 +130,13 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ProtocolError("bad_request", f"unknown field(s) {sorted(unknown)[:5]} for '{kind}'")
     _check_fields(kind, message, schema)
-    if kind == "generate" and "export" in message:
-        # generate's optional export object takes export's settings (all but "job").
+    if kind in ("generate", "continue") and "export" in message:
+        # the optional export object (export afterwards) takes export's settings (all but "job").
         settings = {k: v for k, v in REQUESTS["export"].items() if k != "job"}
         unknown = set(message["export"]) - set(settings)
         if unknown:
             raise ProtocolError("bad_request", f"unknown field(s) {sorted(unknown)[:5]} in 'export'")
-        _check_fields("generate.export", message["export"], settings)
+        _check_fields(f"{kind}.export", message["export"], settings)
     return message
 
 

@@ -238,7 +238,8 @@ class JobManager:
             return _Task(job, export=_export_settings(req))
         config, _ = plan_run(GenerateRequest(out=job.dir, prompt=req.get("prompt"), resume=True,
                                              settings={"steps": req["steps"]}))
-        return _Task(job, config=config, resume=True)
+        export = _export_settings(req["export"]) if "export" in req else None
+        return _Task(job, config=config, resume=True, export=export)
 
     def _plan_generate(self, req: dict[str, Any]) -> _Task:
         settings = {k: req.get(k) for k in _TRAIN_FIELDS}
