@@ -11,13 +11,13 @@ __version__ = "0.1.0"
 
 def register() -> None:
     """Called by Blender when the add-on is enabled."""
-    from .addon import preferences
+    from . import addon
 
-    preferences.register()
+    addon.register()
 
 
 def unregister() -> None:
-    """Called by Blender when the add-on is disabled; undoes register()."""
-    from .addon import preferences
+    """Called by Blender when the add-on is disabled; stops its server, undoes register()."""
+    from . import addon
 
-    preferences.unregister()
+    addon.unregister()

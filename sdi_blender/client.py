@@ -124,10 +124,10 @@ class LocalServer:
             args += ["--model", model]
         args += ["--device", device]
         # stderr goes to a file: a pipe nobody reads would block the server once full.
-        self._stderr_path = Path(jobs_dir) / "server.stderr"
+        self.stderr_path = Path(jobs_dir) / "server.stderr"
         Path(jobs_dir).mkdir(parents=True, exist_ok=True)
         try:
-            with open(self._stderr_path, "wb") as stderr:
+            with open(self.stderr_path, "wb") as stderr:
                 self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr,
                                                 env=os.environ.copy())
         except OSError as exc:
@@ -150,7 +150,7 @@ class LocalServer:
         if result.get("event") != "listening":
             self.process.kill()
             self.process.wait()
-            err = self._stderr_path.read_text(errors="replace").strip().splitlines()
+            err = self.stderr_path.read_text(errors="replace").strip().splitlines()
             raise ServerError("unreachable", "the server did not start: " + (err[-1] if err else "no output"))
         return result
 

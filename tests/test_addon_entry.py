@@ -26,7 +26,7 @@ BLOCKED_IMPORT = textwrap.dedent(
     import sdi_blender
     assert callable(sdi_blender.register) and callable(sdi_blender.unregister)
     # What the add-on uses to drive the server must be torch-free too.
-    import sdi_blender.client, sdi_blender.protocol, sdi_blender.errors  # noqa: E401
+    import sdi_blender.client, sdi_blender.protocol, sdi_blender.errors, sdi_blender.addon.controller  # noqa: E401
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "bpy"))
     print(sdi_blender.__file__, sdi_blender.__version__, loaded)
     """
@@ -44,20 +44,13 @@ IN_BLENDER = textwrap.dedent(
     import addon_utils
     import sdi_blender
     from sdi_blender.addon.preferences import SDIAddonPreferences as cls
+    from blender_harness import draw_preferences
 
     seen = {}
     sdi_blender.register()
     seen["after_register"] = cls.is_registered
     prop = cls.bl_rna.properties["server_python"]
     seen["subtype"], seen["description"] = prop.subtype, prop.description
-    drawn = []
-    class Layout:
-        def prop(self, data, name, **kw):
-            drawn.append(name)
-    class Fake:
-        layout = Layout()
-    cls.draw(Fake(), bpy.context)
-    seen["drawn"] = drawn
     sdi_blender.unregister()
     seen["after_unregister"] = cls.is_registered
     sdi_blender.register()
@@ -69,6 +62,7 @@ IN_BLENDER = textwrap.dedent(
     prefs = bpy.context.preferences.addons["sdi_blender"].preferences
     prefs.server_python = "/some/python"
     seen["enabled_prefs"] = prefs.server_python
+    seen["drawn"] = [name for kind, name in draw_preferences(prefs) if kind == "prop"]
     addon_utils.disable("sdi_blender", default_set=True)
     seen["after_disable"] = cls.is_registered
     print(json.dumps(seen))
@@ -77,7 +71,7 @@ IN_BLENDER = textwrap.dedent(
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
     return subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
@@ -100,8 +94,9 @@ def test_register_unregister_in_blender() -> None:
         pytest.skip("bpy cannot be imported: " + seen["skip"])
     assert seen["after_register"] is True
     assert seen["subtype"] == "FILE_PATH"
-    assert seen["description"] == "Python of the server environment made by vendor_setup.py"
-    assert seen["drawn"] == ["server_python"]
+    assert seen["description"].startswith("Python of the server environment made by vendor_setup.py")
+    assert seen["drawn"] == ["server_python", "model", "jobs_dir", "device", "use_remote", "remote_host",
+                             "remote_port", "remote_token"]
     assert seen["after_unregister"] is False
     assert seen["after_reregister"] is True
     assert seen["enabled_prefs"] == "/some/python"

@@ -1,10 +1,19 @@
-"""Add-on preferences: where the server environment's Python lives."""
+"""Add-on preferences: which server to use and how (Edit > Preferences > Add-ons > SDI)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import bpy
 
-# Blender looks preferences up by the add-on's module name, which is the parent
-# of this subpackage; as an extension it carries a prefix (bl_ext.<repo>.sdi_blender).
+from .controller import ServerSettings
+
+# Blender looks preferences up by the add-on's module name, which is the parent of this
+# subpackage; as an extension it carries a prefix (bl_ext.<repo>.sdi_blender).
 ADDON_PACKAGE = __package__.rpartition(".")[0]
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"  # the paper's model
+SERVER_PYTHON_ENV = "SDI_SERVER_PYTHON"
 
 
 class SDIAddonPreferences(bpy.types.AddonPreferences):
@@ -14,23 +23,71 @@ class SDIAddonPreferences(bpy.types.AddonPreferences):
 
     server_python: bpy.props.StringProperty(
         name="Server Python",
-        description="Python of the server environment made by vendor_setup.py",
+        description="Python of the server environment made by vendor_setup.py (.venv/bin/python); "
+                    "$SDI_SERVER_PYTHON overrides it",
         subtype="FILE_PATH",
     )
+    model: bpy.props.StringProperty(
+        name="Model", default=DEFAULT_MODEL,
+        description="Stable Diffusion model: a Hugging Face id, a local pipeline folder, or 'tiny'")
+    jobs_dir: bpy.props.StringProperty(
+        name="Jobs Folder", subtype="DIR_PATH",
+        description="Where the server keeps its jobs (empty: the add-on's user folder)")
+    device: bpy.props.EnumProperty(
+        name="Device", default="auto",
+        items=[("auto", "Auto", "The GPU when there is one, else the CPU"),
+               ("cuda", "CUDA", "An NVIDIA GPU"), ("mps", "Metal", "An Apple GPU"),
+               ("cpu", "CPU", "The processor (very slow for real models)")])
+    use_remote: bpy.props.BoolProperty(
+        name="Remote Server", description="Connect to a running server instead of starting one; "
+        "it must see the same jobs folder path to import its meshes")
+    remote_host: bpy.props.StringProperty(name="Host", default="127.0.0.1")
+    remote_port: bpy.props.IntProperty(name="Port", default=8765, min=1, max=65535)
+    remote_token: bpy.props.StringProperty(name="Token", subtype="PASSWORD",
+                                           description="The server's token file's contents")
 
     def draw(self, context: bpy.types.Context) -> None:
-        self.layout.prop(self, "server_python")
+        layout = self.layout
+        col = layout.column()
+        row = col.row(align=True)
+        row.prop(self, "server_python")
+        row.operator("sdi.check_python", text="", icon="CHECKMARK")
+        if os.environ.get(SERVER_PYTHON_ENV):
+            col.label(text=f"${SERVER_PYTHON_ENV} overrides it: {os.environ[SERVER_PYTHON_ENV]}", icon="INFO")
+        col.prop(self, "model")
+        col.prop(self, "jobs_dir")
+        col.prop(self, "device")
+        col.prop(self, "use_remote")
+        sub = col.column()
+        sub.active = self.use_remote
+        for name in ("remote_host", "remote_port", "remote_token"):
+            sub.prop(self, name)
+
+
+def get(context: bpy.types.Context | None = None) -> SDIAddonPreferences:
+    return (context or bpy.context).preferences.addons[ADDON_PACKAGE].preferences
+
+
+def server_python(prefs: SDIAddonPreferences) -> str:
+    return os.environ.get(SERVER_PYTHON_ENV) or bpy.path.abspath(prefs.server_python)
+
+
+def jobs_dir(prefs: SDIAddonPreferences) -> Path:
+    if prefs.jobs_dir:
+        return Path(bpy.path.abspath(prefs.jobs_dir))
+    try:
+        return Path(bpy.utils.extension_path_user(ADDON_PACKAGE, create=True)) / "jobs"
+    except ValueError:  # installed as a legacy add-on, not as an extension
+        return Path(bpy.utils.user_resource("DATAFILES", path="sdi_blender", create=True)) / "jobs"
+
+
+def server_settings(context: bpy.types.Context | None = None) -> ServerSettings:
+    """The preferences as the controller takes them."""
+    prefs = get(context)
+    remote = prefs.use_remote
+    return ServerSettings(python=server_python(prefs), jobs_dir=jobs_dir(prefs), model=prefs.model.strip(),
+                          device=prefs.device, host=prefs.remote_host.strip() if remote else "",
+                          port=prefs.remote_port if remote else 0, token=prefs.remote_token if remote else "")
 
 
 CLASSES = (SDIAddonPreferences,)
-
-
-def register() -> None:
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    # Reverse order, so a class is gone before anything it may depend on.
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)

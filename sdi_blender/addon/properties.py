@@ -1,0 +1,84 @@
+"""What the artist sets in the SDI panel, stored in the scene (``scene.sdi``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+
+JOB_KEY = "sdi_job"
+"""Custom property holding the job id on an imported object (kept if the add-on is removed)."""
+
+PRESETS = [
+    ("draft", "Draft", "2,000 steps at 256 px: a quick look"),
+    ("standard", "Standard", "5,000 steps at 512 px: most of the quality in half the time"),
+    ("paper", "Paper", "The paper's 10,000 steps at 512 px"),
+    ("test", "Test", "30 steps at 64 px, for checking an install with the tiny model"),
+]
+TEXTURE_SIZES = [(str(2**k), f"{2**k} px", "") for k in range(8, 14)]
+
+
+class SDIJobItem(bpy.types.PropertyGroup):
+    """One row of the job history."""
+
+    job: bpy.props.StringProperty(name="Job")
+    prompt: bpy.props.StringProperty(name="Prompt")
+    status: bpy.props.StringProperty(name="Status")
+    step: bpy.props.IntProperty(name="Step")
+
+
+class SDISettings(bpy.types.PropertyGroup):
+    """The panel's fields; 0 in an Advanced number means "the preset's value"."""
+
+    prompt: bpy.props.StringProperty(name="Prompt", description="What the object should be")
+    negative_prompt: bpy.props.StringProperty(name="Negative", description="What it should not look like")
+    method: bpy.props.EnumProperty(
+        name="Method", default="sdi",
+        items=[("sdi", "SDI", "Noise by DDIM inversion of the render (the paper): sharper"),
+               ("sds", "SDS", "Score Distillation Sampling with random noise: the classic baseline")])
+    preset: bpy.props.EnumProperty(name="Quality", items=PRESETS, default="draft")
+    seed: bpy.props.IntProperty(name="Seed", default=0, min=0)
+    steps: bpy.props.IntProperty(name="Steps", default=0, min=0, description="0: the preset's")
+    resolution: bpy.props.IntProperty(name="Resolution", default=0, min=0, max=1024, step=64,
+                                      description="Render size in pixels, a multiple of 8; 0: the preset's")
+    guidance_scale: bpy.props.FloatProperty(name="Guidance Scale", default=7.5, min=0.0, max=100.0,
+                                            description="Classifier-free guidance (the paper: 7.5)")
+    mesh_resolution: bpy.props.IntProperty(name="Mesh Resolution", default=256, min=16, max=1024,
+                                           description="Marching-cubes grid cells per side")
+    texture_size: bpy.props.EnumProperty(name="Texture Size", items=TEXTURE_SIZES, default="1024")
+    faces: bpy.props.IntProperty(name="Face Budget", default=0, min=0,
+                                 description="Decimate to about this many triangles; 0: keep all")
+    continue_steps: bpy.props.IntProperty(name="More Steps", default=1000, min=1)
+    continue_prompt: bpy.props.StringProperty(name="New Prompt", description="Empty: keep the prompt")
+    history: bpy.props.CollectionProperty(type=SDIJobItem)
+    history_index: bpy.props.IntProperty(default=0)
+
+    def train_fields(self) -> dict[str, Any]:
+        """The generate request's training fields (the preset fills what is left out)."""
+        fields: dict[str, Any] = {"prompt": self.prompt.strip(), "method": self.method, "preset": self.preset,
+                                  "seed": self.seed, "guidance_scale": self.guidance_scale}
+        if self.negative_prompt.strip():
+            fields["negative_prompt"] = self.negative_prompt.strip()
+        if self.steps:
+            fields["steps"] = self.steps
+        if self.resolution:
+            fields["resolution"] = self.resolution
+        return fields
+
+    def export_fields(self) -> dict[str, Any]:
+        """The export settings: mesh resolution, texture size and face budget, as a GLB."""
+        fields = {"resolution": self.mesh_resolution, "texture_size": int(self.texture_size), "format": "glb"}
+        if self.faces:
+            fields["faces"] = self.faces
+        return fields
+
+
+CLASSES = (SDIJobItem, SDISettings)
+
+
+def register() -> None:
+    bpy.types.Scene.sdi = bpy.props.PointerProperty(type=SDISettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.sdi

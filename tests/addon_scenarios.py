@@ -1,0 +1,209 @@
+"""Add-on scenarios, each run in its own bpy process by tests/test_addon.py:
+
+    python addon_scenarios.py SCENARIO ZIP WORKDIR
+
+The add-on is installed from the built zip through Blender's extension API (into
+``$BLENDER_USER_RESOURCES``), so what is tested is what ships. The server runs from
+``$SDI_SERVER_PYTHON`` with the tiny model. Prints one ``RESULT {json}`` line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import bpy
+from mathutils import Vector
+
+import blender_harness as h
+
+MODULE = "bl_ext.user_default.sdi_blender"
+SCENARIOS: dict[str, Callable[[Path], dict]] = {}
+
+
+def scenario(fn: Callable[[Path], dict]) -> Callable[[Path], dict]:
+    SCENARIOS[fn.__name__] = fn
+    return fn
+
+
+def install(zip_path: str, work: Path) -> Any:
+    result = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
+                                                      enable_on_install=True)
+    assert result == {"FINISHED"}, result
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.model, prefs.device, prefs.jobs_dir = "tiny", "cpu", str(work / "jobs")
+    settings = bpy.context.scene.sdi
+    settings.steps, settings.mesh_resolution, settings.texture_size = 6, 64, "256"
+    return prefs
+
+
+def runtime() -> Any:
+    return sys.modules[MODULE + ".addon.runtime"]
+
+
+def scene_data() -> dict:
+    return {kind: sorted(b.name for b in getattr(bpy.data, kind))
+            for kind in ("objects", "meshes", "materials", "images")}
+
+
+def run_op(op: Callable, **kwargs: Any) -> str:
+    """An operator's outcome: "FINISHED"/"CANCELLED", or the error report it raised."""
+    try:
+        return ",".join(sorted(op(**kwargs)))
+    except RuntimeError as exc:
+        return f"error: {exc}"
+
+
+def describe(obj: Any) -> dict:
+    mesh = obj.data
+    nodes = {n.type: n for mat in mesh.materials for n in mat.node_tree.nodes}
+    bsdf, tex = nodes.get("BSDF_PRINCIPLED"), nodes.get("TEX_IMAGE")
+    base_links = [l.from_node.type for l in bsdf.inputs["Base Color"].links] if bsdf else []
+    coords = [v.co for v in mesh.vertices]
+    lo = [min(c[i] for c in coords) for i in range(3)]
+    hi = [max(c[i] for c in coords) for i in range(3)]
+    return {"name": obj.name, "type": obj.type, "location": list(obj.location), "job": obj.get("sdi_job"),
+            "selected": obj.select_get(), "active": bpy.context.view_layer.objects.active == obj,
+            "uv_layers": len(mesh.uv_layers), "vertices": len(mesh.vertices),
+            "smooth": all(p.use_smooth for p in mesh.polygons), "base_color_from": base_links,
+            "image_size": list(tex.image.size) if tex else None,
+            "image_packed": bool(tex and tex.image.packed_file), "bbox": [lo, hi],
+            "modifiers": [m.name for m in obj.modifiers], "mesh_name": mesh.name}
+
+
+def render(obj: Any, out: Path) -> None:
+    """A small Cycles render of the object, for a person to look at."""
+    scene = bpy.context.scene
+    cam = bpy.data.objects.new("SDI test camera", bpy.data.cameras.new("SDI test camera"))
+    scene.collection.objects.link(cam)
+    center = obj.matrix_world.translation
+    cam.location = center + Vector((0.0, -2.6, 0.9))  # in front (-Y), a little above
+    direction = center - cam.location
+    cam.rotation_euler = direction.to_track_quat("-Z", "Y").to_euler()
+    scene.camera = cam
+    sun = bpy.data.objects.new("SDI test sun", bpy.data.lights.new("SDI test sun", "SUN"))
+    scene.collection.objects.link(sun)
+    sun.rotation_euler = (0.6, 0.2, 0.5)
+    scene.render.engine = "CYCLES"
+    scene.cycles.device, scene.cycles.samples = "CPU", 16
+    scene.render.resolution_x = scene.render.resolution_y = 256
+    scene.render.filepath = str(out)
+    bpy.ops.render.render(write_still=True)
+
+
+@scenario
+def generate_refine(work: Path) -> dict:
+    """Generate → Continue → Re-export → history import → render → disable stops the server."""
+    result: dict = {"panels_stopped": h.draw_panels()}
+    bpy.context.scene.cursor.location = (0.5, -0.25, 0.0)
+    result["generate"] = run_op(bpy.ops.sdi.generate, prompt="a red apple", preset="test")
+    obj = bpy.context.active_object
+    result["generated"] = describe(obj)
+    result["panels_ready"] = h.draw_panels()
+    obj.location = (1.0, 2.0, 3.0)
+    obj.modifiers.new("Subdivision", "SUBSURF")
+    before = obj.data.name, len(bpy.data.meshes)
+    result["continue"] = run_op(bpy.ops.sdi.continue_job, steps=2)
+    result["continued"] = describe(bpy.data.objects[obj.name])
+    result["meshes_before_after"] = [before[1], len(bpy.data.meshes)]
+    bpy.context.scene.sdi.texture_size = "512"
+    result["reexport"] = run_op(bpy.ops.sdi.reexport)
+    result["reexported"] = describe(bpy.data.objects[obj.name])
+    result["refresh"] = run_op(bpy.ops.sdi.refresh_jobs)
+    result["history"] = [(i.job, i.status) for i in bpy.context.scene.sdi.history]
+    result["import_job"] = run_op(bpy.ops.sdi.import_job, job=result["generated"]["job"])
+    result["reimported"] = describe(bpy.context.active_object)
+    result["panels_history"] = h.draw_panels()
+    result["list_rows"] = h.draw_list_items(bpy.context.scene.sdi, "history")
+    out = Path(os.environ["SDI_TEST_OUTPUT"]) / "addon_render.png"
+    render(bpy.data.objects[obj.name], out)
+    result["render"] = str(out)
+    server = runtime().controller()._server.process
+    bpy.ops.preferences.addon_disable(module=MODULE)
+    result["server_exit"] = server.wait(30)
+    return result
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 300.0) -> bool:
+    """Drive the add-on's timer by hand (background mode never fires timers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runtime().pump()
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def start_async(work: Path, steps: int = 500) -> dict:
+    """Start a generate the interactive way (returns at once) and wait for its progress."""
+    runtime().synchronous = lambda: False
+    bpy.context.scene.sdi.steps = steps
+    before = scene_data()
+    c = runtime().controller()
+    reply = run_op(bpy.ops.sdi.generate, prompt="a slow apple", preset="test")
+    progressed = wait_until(lambda: c.job is not None and c.job.step >= 1)
+    return {"reply": reply, "progressed": progressed, "before": before,
+            "panels_busy": h.draw_panels(), "state_busy": c.state}
+
+
+@scenario
+def cancel(work: Path) -> dict:
+    result = start_async(work)
+    c = runtime().controller()
+    result["cancel"] = run_op(bpy.ops.sdi.cancel)
+    result["panels_cancelling"] = h.draw_panels()
+    result["ended"] = wait_until(lambda: not c.running)
+    result["after"], result["state"] = scene_data(), c.state
+    result["panels_after"] = h.draw_panels()
+    return result
+
+
+@scenario
+def server_killed(work: Path) -> dict:
+    result = start_async(work)
+    c = runtime().controller()
+    reports: list = []
+    runtime().notify = lambda level, message: reports.append([level, message])
+    c._server.process.kill()
+    result["ended"] = wait_until(lambda: not c.running)
+    result["reports"], result["after"] = reports, scene_data()
+    result["state"], result["hint"] = c.state, c.hint
+    result["panels_error"] = h.draw_panels()
+    return result
+
+
+@scenario
+def errors(work: Path) -> dict:
+    """Each bad set-up gives an error report and leaves the scene alone."""
+    prefs, result = bpy.context.preferences.addons[MODULE].preferences, {"before": scene_data()}
+    python = os.environ.pop("SDI_SERVER_PYTHON")
+    generate = lambda **kw: run_op(bpy.ops.sdi.generate, preset="test", **kw)  # noqa: E731
+    result["no_python"] = generate(prompt="x")
+    prefs.server_python = str(work / "missing-python")
+    result["missing_python"] = generate(prompt="x")
+    prefs.server_python = os.environ["SDI_FOREIGN_PYTHON"]  # a Python without the server
+    result["foreign_python"] = generate(prompt="x")
+    prefs.server_python = python
+    result["empty_prompt"] = generate(prompt="")
+    result["bad_preset"] = run_op(bpy.ops.sdi.generate, prompt="x", preset="ultra")
+    result["bad_model"] = run_op(bpy.ops.sdi.generate, prompt="x", preset="test", model="no/such-model")
+    result["check_python"] = run_op(bpy.ops.sdi.check_python)
+    prefs.use_remote, prefs.remote_host, prefs.remote_port = True, "127.0.0.1", int(os.environ["SDI_FREE_PORT"])
+    result["unreachable"] = generate(prompt="x")
+    host, port, token = os.environ["SDI_REMOTE"].split(":")
+    prefs.remote_port, prefs.remote_token = int(port), token + "-wrong"
+    result["wrong_token"] = generate(prompt="x")
+    result["panels_error"] = h.draw_panels()
+    result["prefs_drawn"] = h.draw_preferences(prefs)
+    result["after"] = scene_data()
+    return result
+
+
+if __name__ == "__main__":
+    name, zip_path, workdir = sys.argv[1:4]
+    prefs = install(zip_path, Path(workdir))
+    h.emit(SCENARIOS[name](Path(workdir)))
