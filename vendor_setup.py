@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Create the Python environment that runs the sdi-blender generation server.
 
-    python vendor_setup.py [--venv PATH] [--dev] [--print-python]
+    python vendor_setup.py [--venv PATH] [--dev] [--print-python] [--build-addon]
+                           [--blender PATH | --no-blender]
 
 Makes a venv (default: .venv next to this file), installs torch first (a CUDA
 build where an NVIDIA GPU is found, else a local CPU wheel if pip's find-links
 offer one), then this package editable with the dependencies from
 pyproject.toml (plus the ``dev`` extra with --dev). SDI_TORCH_SPEC=<requirement>
 overrides the torch choice. A second run with the same inputs only checks a
-stamp file and exits.
+stamp file. Then it writes the Blender add-on zip and, where it finds a Blender
+(--blender; without it, only the plain set-up looks: $BLENDER, PATH, the
+usual install places), installs the add-on there with the venv's Python in its
+preferences.
 
 Standard library only, so Blender's bundled Python can run it. The file must
 stay parseable by Python 3.6 so that an old interpreter gets a one-line error
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import ModuleType
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -304,6 +309,40 @@ def build_addon(dist: Path) -> Path:
     return target
 
 
+def _blender_app() -> ModuleType:
+    """sdi_blender.blender_app, from this checkout: imported only after the Python check
+    (it is 3.11 code), and before anything is installed, hence the path."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from sdi_blender import blender_app
+
+    return blender_app
+
+
+def locate_blender(explicit: Optional[str]) -> Optional[str]:
+    """The Blender to install into (see blender_app.find_blender); a bad explicit one is a SetupError."""
+    app = _blender_app()
+    try:
+        return app.find_blender(explicit)
+    except app.BlenderError as exc:
+        raise SetupError(exc.one_line())
+
+
+def install_into_blender(blender: str, zip_path: Path, server_python: Optional[Path]) -> None:
+    """Install and enable the add-on in ``blender``, its preferences pointing at ``server_python``.
+
+    Done on every run that finds Blender (two short background starts): the user may
+    have removed or changed the add-on since, and Blender replaces an installed copy.
+    """
+    app = _blender_app()
+    try:
+        app.install_extension(blender, zip_path, None if server_python is None else str(server_python))
+    except app.BlenderError as exc:
+        raise SetupError(exc.one_line())
+    where = "" if server_python is None else "; its server python is {}".format(server_python)
+    step("the add-on is installed and enabled in Blender {}{}".format(blender, where))
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = UsageParser(prog="vendor_setup.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--venv", type=Path, default=REPO / ".venv", help="where the venv goes (default: .venv beside this script)")
@@ -312,6 +351,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--build-addon", action="store_true",
                         help="only write the Blender add-on zip (the full set-up writes it too)")
     parser.add_argument("--dist", type=Path, default=REPO / "dist", help="where the add-on zip goes (default: dist)")
+    blender = parser.add_mutually_exclusive_group()
+    blender.add_argument("--blender", metavar="PATH",
+                         help="install the add-on into this Blender (without it, only the plain set-up looks "
+                              "for one: $BLENDER, blender on PATH, the usual install places)")
+    blender.add_argument("--no-blender", action="store_true", help="do not look for Blender or install into it")
     return parser.parse_args(argv)
 
 
@@ -348,9 +392,18 @@ def main(argv: Optional[Sequence[str]] = None, version_info: Sequence[int] = sys
                 raise SetupError("no environment at {}; run python vendor_setup.py first".format(venv))
             print(venv_python(venv))
             return 0
+        # Found (or refused) before the venv is made, so a bad --blender changes nothing.
+        look = not args.no_blender and bool(args.blender or not (args.dev or args.build_addon))
+        blender = locate_blender(args.blender) if look else None
         if not args.build_addon:
             setup(venv, args.dev, os.environ)
-        build_addon(args.dist.absolute())
+        zip_path = build_addon(args.dist.absolute())
+        if blender:
+            python = venv_python(venv)
+            install_into_blender(blender, zip_path, python if python.exists() else None)
+        elif look:
+            step("Blender not found (pass --blender PATH or set $BLENDER to install the add-on); "
+                 "without it, sdi-blender export writes RUN_DIR/export/mesh.glb to import by hand")
     except (SetupError, OSError) as exc:  # OSError: e.g. no permission to write the venv
         print("error: {}".format(exc), file=sys.stderr)
         return 1

@@ -133,15 +133,24 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--faces", type=int, help="decimate to about N triangles")
     p.add_argument("--format", choices=("glb", "obj"), default="glb", help="glb (default) or obj")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--open", action="store_true",
+                   help="then open the mesh in Blender (--blender, $BLENDER, blender on PATH, or the usual places)")
+    p.add_argument("--blender", metavar="PATH", help="the Blender for --open (implies --open)")
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from . import blender_app
     from .server.export import ExportSettings, export_run
 
     settings = ExportSettings(resolution=args.resolution, threshold=args.threshold,
                               texture_size=args.texture_size, faces=args.faces, format=args.format)
     settings.validate()
+    open_it = args.open or args.blender is not None
+    if open_it and args.format != "glb":
+        raise UserError("--open imports the GLB into Blender", "drop --format obj")
+    # Before the export, so that a bad --blender fails at once rather than after minutes.
+    blender = blender_app.find_blender(args.blender) if open_it else None
     seen: set[str] = set()
 
     def progress(stage: str, fraction: float) -> None:
@@ -153,6 +162,12 @@ def _run_export(args: argparse.Namespace) -> int:
     info = result.info
     print(f"wrote {result.files['mesh']} ({info['vertices']} vertices, {info['faces']} faces, "
           f"{settings.texture_size}px texture, threshold {info['threshold']:.4g})", file=sys.stderr)
+    if blender:
+        blender_app.open_in_blender(blender, args.run.expanduser())
+        print(f"opening it in Blender {blender}", file=sys.stderr)
+    elif open_it:
+        print(f"no Blender found (set $BLENDER or pass --blender); the mesh is at {result.files['mesh']}",
+              file=sys.stderr)
     return 0
 
 

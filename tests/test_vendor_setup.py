@@ -199,7 +199,8 @@ def test_second_run_is_quick_and_changes_nothing() -> None:
     stamp = json.loads(stamp_file.read_text(encoding="utf-8"))
     before = _snapshot(prefix)
     start = time.monotonic()
-    proc = _run(["--venv", str(prefix)] + (["--dev"] if stamp.get("dev") else []), timeout=60)
+    # --no-blender: a Blender on this machine would get the add-on reinstalled (outside the venv).
+    proc = _run(["--venv", str(prefix), "--no-blender"] + (["--dev"] if stamp.get("dev") else []), timeout=60)
     elapsed = time.monotonic() - start
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "up to date" in proc.stdout
@@ -222,6 +223,16 @@ def test_venv_is_a_non_venv_directory(tmp_path: Path) -> None:
     proc = _run(["--venv", str(tmp_path)])
     _assert_one_error_line(proc, "not a virtual environment")
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_bad_blender_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    # -I -S: no site-packages, as before set-up, so sdi_blender.blender_app comes from the checkout.
+    proc = subprocess.run([sys.executable, "-I", "-S", str(SCRIPT), "--venv", str(tmp_path / "venv"),
+                           "--dist", str(tmp_path / "dist"), "--blender", str(tmp_path / "no-blender")],
+                          capture_output=True, text=True, timeout=60)
+    _assert_one_error_line(proc, "--blender", str(tmp_path / "no-blender"), "not an executable")
+    assert proc.returncode == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where nothing can be created")
