@@ -89,7 +89,7 @@ def render(obj: Any, out: Path) -> None:
     sun.rotation_euler = (0.6, 0.2, 0.5)
     scene.render.engine = "CYCLES"
     scene.cycles.device, scene.cycles.samples = "CPU", 16
-    scene.render.resolution_x = scene.render.resolution_y = 256
+    scene.render.resolution_x = scene.render.resolution_y = 192
     scene.render.filepath = str(out)
     bpy.ops.render.render(write_still=True)
 
@@ -119,7 +119,7 @@ def generate_refine(work: Path) -> dict:
     result["panels_history"] = h.draw_panels()
     result["list_rows"] = h.draw_list_items(bpy.context.scene.sdi, "history")
     out = Path(os.environ["SDI_TEST_OUTPUT"]) / "addon_render.png"
-    render(bpy.data.objects[obj.name], out)
+    render(bpy.context.active_object, out)  # the re-imported one: no subdivision to slow Cycles
     result["render"] = str(out)
     server = runtime().controller()._server.process
     bpy.ops.preferences.addon_disable(module=MODULE)
@@ -138,27 +138,30 @@ def wait_until(condition: Callable[[], bool], timeout: float = 300.0) -> bool:
     return False
 
 
-def start_async(work: Path, steps: int = 500) -> dict:
-    """Start a generate the interactive way (returns at once) and wait for its progress."""
+def start_async(work: Path, steps: int = 500, preview: bool = False) -> dict:
+    """Start a generate the interactive way (returns at once) and wait for its progress
+    (or its first preview image, drawn every 10 steps by the test preset)."""
     runtime().synchronous = lambda: False
     bpy.context.scene.sdi.steps = steps
     before = scene_data()
     c = runtime().controller()
     reply = run_op(bpy.ops.sdi.generate, prompt="a slow apple", preset="test")
-    progressed = wait_until(lambda: c.job is not None and c.job.step >= 1)
+    progressed = wait_until(lambda: c.job is not None and (runtime().preview_step() > 0 if preview else c.job.step))
     return {"reply": reply, "progressed": progressed, "before": before,
             "panels_busy": h.draw_panels(), "state_busy": c.state}
 
 
 @scenario
 def cancel(work: Path) -> dict:
-    result = start_async(work)
+    result = start_async(work, preview=True)
+    result["preview"] = [runtime().preview_step(), list(next(iter(runtime()._state["previews"].values())).image_size)]
     c = runtime().controller()
     result["cancel"] = run_op(bpy.ops.sdi.cancel)
     result["panels_cancelling"] = h.draw_panels()
     result["ended"] = wait_until(lambda: not c.running)
     result["after"], result["state"] = scene_data(), c.state
     result["panels_after"] = h.draw_panels()
+    result["server_pid"] = c._server.process.pid  # still running: quitting must stop it
     return result
 
 

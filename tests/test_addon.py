@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -91,11 +92,25 @@ def test_generate_continue_reexport_import_render(addon_zip: Path, tmp_path: Pat
 def test_cancel_leaves_the_scene_unchanged(addon_zip: Path, tmp_path: Path) -> None:
     r = run_scenario("cancel", addon_zip, tmp_path)
     assert r["reply"] == "FINISHED" and r["progressed"] and r["state_busy"] == "busy"
-    _assert_panels_drew(r["panels_busy"], "progress", "Step 1 / 500", "sdi.cancel", "Server: busy")
+    _assert_panels_drew(r["panels_busy"], "progress", "/ 500", "sdi.cancel", "Server: busy")
+    # The preview arrived and loaded; headless Blender has no icons, so it cannot be drawn here.
+    assert r["preview"][0] == 10 and r["preview"][1][0] > 0
     assert r["cancel"] == "FINISHED" and r["ended"]
     assert r["after"] == r["before"] and r["state"] == "ready"
     assert "cancelled" in r["stdout"]
     _assert_panels_drew(r["panels_after"], "sdi.generate")
+    assert _gone(r["server_pid"])  # Blender quit (the process ended): its server went with it
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_server_killed_mid_job_reports_and_leaves_the_scene(addon_zip: Path, tmp_path: Path) -> None:

@@ -149,11 +149,12 @@ class Controller:
                 self.state = "ready"
         return outcome
 
-    def shutdown(self, timeout: float = 60.0) -> None:
-        """Stop the server and the background thread (the add-on is being disabled)."""
-        self.stop(wait=True, timeout=timeout)
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop the background thread, then the server, from the calling thread (the add-on is
+        being disabled or Blender quits: the worker may already be gone or frozen)."""
         self._commands.put(None)
         self._worker.join(timeout)
+        self._disconnect()
 
     # -- what poll() applies ----------------------------------------------------------------
     def _drain(self) -> list[dict[str, Any]]:

@@ -20,7 +20,8 @@ import bpy.utils.previews
 from . import controller as ctl
 from . import importer, preferences
 
-_state: dict[str, Any] = {"controller": None, "previews": None, "preview_icon": 0, "jobs_shown": None}
+_state: dict[str, Any] = {"controller": None, "previews": None, "preview_icon": 0, "preview_step": -1,
+                          "jobs_shown": None}
 ACTIVE_INTERVAL, IDLE_INTERVAL = 0.2, 1.0  # seconds between timer calls
 Report = tuple[str, str]  # (Blender report level, message)
 
@@ -38,15 +39,20 @@ def controller() -> ctl.Controller:
 
 
 def preview_icon() -> int:
-    """Icon id of the followed job's latest preview, 0 when there is none."""
+    """Icon id of the followed job's latest preview, 0 when there is none (or no UI to draw it)."""
     return _state["preview_icon"]
+
+
+def preview_step() -> int:
+    """The step of the latest preview loaded, -1 when there is none."""
+    return _state["preview_step"]
 
 
 def submit(view: ctl.JobView, kind: str, **fields: Any) -> Report | None:
     """Send a job request; in background mode wait for it and return its report."""
     c = controller()
     c.submit(preferences.server_settings(), view, kind, **fields)
-    _state["preview_icon"] = 0
+    _state["preview_icon"], _state["preview_step"] = 0, -1
     if not synchronous():
         ensure_timer()
         return None
@@ -126,14 +132,16 @@ def notify(level: str, message: str) -> None:
 
 
 def _show_preview(view: ctl.JobView | None) -> None:
-    if view is None or view.preview is None or bpy.app.background:
+    if view is None or view.preview is None:
         return
     previews = _state["previews"] or bpy.utils.previews.new()
     _state["previews"] = previews
     path = Path(tempfile.gettempdir()) / f"sdi-preview-{os.getpid()}.png"
     path.write_bytes(view.preview)
     previews.clear()  # one image at a time; a new key each time defeats the icon cache
-    _state["preview_icon"] = previews.load(f"{view.job}-{view.preview_step}", str(path), "IMAGE").icon_id
+    image = previews.load(f"{view.job}-{view.preview_step}", str(path), "IMAGE")
+    image.image_size[:]  # reads the file now, while it is this preview's
+    _state["preview_icon"], _state["preview_step"] = image.icon_id, view.preview_step
     view.preview = None
 
 
@@ -167,6 +175,6 @@ def shutdown() -> None:
 @atexit.register
 def _stop_server_at_exit() -> None:
     """Blender quits without disabling add-ons: a server we started must not outlive it."""
-    c = _state["controller"]
+    c, _state["controller"] = _state["controller"], None
     if c is not None:
-        c.shutdown(timeout=30.0)
+        c.shutdown(timeout=10.0)
