@@ -162,3 +162,25 @@ def test_bad_arguments_raise():
     for t in (0, 1000, -5):
         with pytest.raises(ValueError, match="out of range"):
             ScoreDistillation(p, "sds").target(_x0(), t)
+
+
+def test_sdi_draws_delta_from_the_delta_generator_and_names_its_stages():
+    """δ can come from a separate (CPU) generator: no host-device sync on CUDA."""
+    from contextlib import nullcontext
+
+    stages: list[str] = []
+
+    def stage(name):
+        stages.append(name)
+        return nullcontext()
+
+    x0 = _x0()
+    for seed in (0, 1, 2):
+        delta_gen = torch.Generator().manual_seed(seed)
+        expected = 500 + int(torch.randint(0, 100, (1,), generator=torch.Generator().manual_seed(seed)))
+        sdi = ScoreDistillation(GaussianPredictor(), "sdi", delta_generator=delta_gen, stage=stage)
+        assert sdi.step(x0, 500, torch.Generator().manual_seed(9)).t_noisy == expected
+    assert stages == ["inversion", "prediction"] * 3
+    stages.clear()
+    ScoreDistillation(GaussianPredictor(), "sds", stage=stage).step(x0, 500, torch.Generator())
+    assert stages == ["prediction"]

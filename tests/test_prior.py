@@ -176,3 +176,88 @@ def test_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path: Path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "64"
+
+
+def test_attention_uses_torch_sdpa(prior):
+    """diffusers' default processor on torch 2 is AttnProcessor2_0 (scaled_dot_product_attention)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    for model in (prior.unet, prior.vae):
+        procs = model.attn_processors
+        assert procs and all(isinstance(p, AttnProcessor2_0) for p in procs.values())
+
+
+def test_channels_last_gives_the_same_prediction(prior):
+    x, t = _latents(2), torch.tensor([500, 500])
+    text = prior.encode_prompt("a red apple").prompt.expand(2, -1, -1)
+    plain = prior.unet_eps(x, t, text)
+    try:
+        prior.set_channels_last(True)
+        assert prior.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+        fast = prior.unet_eps(x, t, text)
+    finally:
+        prior.set_channels_last(False)
+    assert prior.unet.conv_in.weight.is_contiguous()
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_vae_checkpointing_gives_the_same_gradients(prior):
+    def grad() -> torch.Tensor:
+        rgb = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        latents = prior.encode_images(rgb, torch.Generator().manual_seed(1))
+        (latents * torch.linspace(-1, 1, latents.numel()).view_as(latents)).sum().backward()
+        return rgb.grad
+
+    plain = grad()
+    try:
+        prior.set_vae_checkpointing(True)
+        assert prior.vae.encoder.gradient_checkpointing
+        checkpointed = grad()
+    finally:
+        prior.set_vae_checkpointing(False)
+    assert not prior.vae.is_gradient_checkpointing
+    torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_speed_config_defaults_and_compile_mode():
+    from sdi_blender.server.prior import SpeedConfig
+
+    speed = SpeedConfig()
+    assert speed.compile_mode(torch.device("cpu")) is None  # off by default until a GPU run measures it
+    assert speed.compile_mode(torch.device("cuda")) is None
+    auto = SpeedConfig(compile_unet="auto")
+    assert auto.compile_mode(torch.device("cpu")) is None and auto.compile_mode(torch.device("cuda")) == "default"
+    assert SpeedConfig(compile_unet="off").compile_mode(torch.device("cuda")) is None
+    assert SpeedConfig(compile_unet="max-autotune").compile_mode(torch.device("cpu")) == "max-autotune"
+    with pytest.raises(UserError, match="compile mode"):
+        SpeedConfig(compile_unet="fast").validate()
+
+
+def test_apply_speed_on_cpu_changes_nothing(prior):
+    from sdi_blender.server.prior import SpeedConfig
+
+    prior.apply_speed(SpeedConfig(channels_last=True))  # channels-last applies on CUDA only
+    assert prior.memory_format == torch.contiguous_format and prior._compiled is None
+
+
+def test_a_failing_compiled_unet_falls_back_with_one_warning(prior, caplog):
+    x, t = _latents(2), torch.tensor([10, 10])
+    text = prior.encode_prompt("a red apple").prompt.expand(2, -1, -1)
+    expected = prior.unet_eps(x, t, text)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("backend compiler failed\nlong traceback")
+
+    prior._compiled, prior._compile_mode = broken, "default"
+    try:
+        with caplog.at_level("WARNING", logger="sdi_blender.server.prior"):
+            out = prior.unet_eps(x, t, text)
+            again = prior.unet_eps(x, t, text)
+    finally:
+        prior.set_unet_compile(None)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(again, expected, rtol=0, atol=0)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["torch.compile of the UNet failed (RuntimeError: backend compiler failed); "
+                        "running it uncompiled"]
+    assert prior._compiled is None

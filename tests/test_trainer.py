@@ -145,3 +145,62 @@ def test_schedules_are_stretched_to_the_run_length():
     assert config.schedule_steps == 100
     assert config.paper_step(10) == 1000 and config.paper_step(100) == 10_000
     assert config.paper_step(150) == 10_000  # refinement steps stay at the schedules' ends
+
+
+def test_step_timer_times_every_stage_of_a_step(prior, tmp_path):
+    from sdi_blender.server.step_timer import StepTimer
+
+    timer = StepTimer("cpu")
+    trainer = _trainer(prior, tmp_path, timer=timer)
+    for _ in range(2):
+        trainer.optimise_step()
+        trainer.report_progress()
+    steps = timer.results()
+    assert len(steps) == 2 and [h["step"] for h in trainer.history] == [1, 2]
+    stages = {"grid", "render", "vae", "inversion", "prediction", "vae_backward", "render_backward",
+              "update"}
+    for ms in steps:
+        assert set(ms) == stages | {"step"} and all(v >= 0 for v in ms.values())
+        assert sum(ms[k] for k in stages) <= ms["step"]
+
+
+def test_timing_changes_no_result(prior, tmp_path):
+    from sdi_blender.server.step_timer import StepTimer
+
+    plain = _trainer(prior, tmp_path / "a")
+    timed = _trainer(prior, tmp_path / "b", timer=StepTimer("cpu"))
+    for trainer in (plain, timed):
+        for _ in range(2):
+            trainer.optimise_step()
+            trainer.report_progress()
+    for a, b in zip(_params(plain), _params(timed)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class _FakeEvent:
+    """A CUDA event stand-in: arrived or not, and whether someone waited for it."""
+
+    def __init__(self, done: bool):
+        self.done, self.waited = done, False
+
+    def query(self) -> bool:
+        return self.done
+
+    def synchronize(self) -> None:
+        self.waited = True
+
+
+def test_loss_values_are_read_when_they_arrive_and_at_most_two_steps_late():
+    from sdi_blender.server.trainer import _LossFetch
+
+    fetch = _LossFetch(torch.device("cpu"), max_lag=2)
+    events = [_FakeEvent(done) for done in (True, False, False, False)]
+    for step, event in enumerate(events, 1):
+        fetch.pending.append((step, 900, ["total"], torch.tensor([float(step)]), event))
+    # Step 1 has arrived; step 2 has not, but 3 are outstanding: wait for it; keep 3 and 4.
+    assert [s for s, _, _ in fetch.ready()] == [1, 2]
+    assert not events[0].waited or events[0].done
+    assert events[1].waited and not events[2].waited
+    assert fetch.ready() == []  # two outstanding, neither arrived: no wait
+    assert [(s, v) for s, _, v in fetch.ready(wait=True)] == [(3, {"total": 3.0}), (4, {"total": 4.0})]
+    assert not fetch.pending

@@ -20,6 +20,8 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from .step_timer import StageHook, no_stage
+
 CLEAN = -1
 """Timestep sentinel for the clean image (ᾱ = 1), where DDIM inversion starts and sampling ends."""
 
@@ -168,12 +170,19 @@ class ScoreDistillation:
             over T = 1000); δ ~ U{0, …, inversion_step − 1}.
         inversion_eta: scale of the fresh noise added at every inversion hop (0.3).
         step_offset: offset of the leading timestep grid (Stable Diffusion: 1).
+        delta_generator: a CPU generator to draw SDI's δ from. By default δ comes from the
+            step's generator; on CUDA that costs a host-device synchronisation (δ must be a
+            Python int to pick the timesteps), which a CPU generator avoids.
+        stage: a :data:`~sdi_blender.server.step_timer.StageHook` wrapped around the
+            inversion (``"inversion"``) and the final guided prediction (``"prediction"``),
+            for benchmarks; by default nothing.
     """
 
     def __init__(self, predictor: NoisePredictor, method: Method = "sdi", *,
                  guidance_scale: float = 7.5, inversion_guidance_scale: float = -7.5,
                  inversion_step: int = 100, inversion_eta: float = 0.3,
-                 step_offset: int = 1) -> None:
+                 step_offset: int = 1, delta_generator: torch.Generator | None = None,
+                 stage: StageHook = no_stage) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
         if inversion_step < 1:
@@ -185,6 +194,8 @@ class ScoreDistillation:
         self.inversion_step = inversion_step
         self.inversion_eta = inversion_eta
         self.step_offset = step_offset
+        self.delta_generator = delta_generator
+        self.stage = stage
 
     @property
     def num_train_timesteps(self) -> int:
@@ -205,13 +216,15 @@ class ScoreDistillation:
             a_t = alpha_bar(a, t, x0)
             return a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps, eps, t
         # SDI (paper, Sec. 4): invert along the grid below t, then hop to t + δ.
-        delta = int(torch.randint(0, self.inversion_step, (1,), generator=generator,
-                                  device=generator.device if generator else "cpu").item())
+        gen_delta = self.delta_generator if self.delta_generator is not None else generator
+        delta = int(torch.randint(0, self.inversion_step, (1,), generator=gen_delta,
+                                  device=gen_delta.device if gen_delta is not None else "cpu").item())
         t_noisy = min(t + delta, self.num_train_timesteps - 1)
-        x_noisy = ddim_invert(self.predictor, x0, t_noisy, step=self.inversion_step,
-                              guidance_scale=self.inversion_guidance_scale,
-                              eta=self.inversion_eta, generator=generator,
-                              grid_limit=t, offset=self.step_offset)
+        with self.stage("inversion"):
+            x_noisy = ddim_invert(self.predictor, x0, t_noisy, step=self.inversion_step,
+                                  guidance_scale=self.inversion_guidance_scale,
+                                  eta=self.inversion_eta, generator=generator,
+                                  grid_limit=t, offset=self.step_offset)
         a_n = alpha_bar(a, t_noisy, x0)
         eps = (x_noisy - a_n.sqrt() * x0) / (1 - a_n).sqrt()
         return x_noisy, eps, t_noisy
@@ -225,7 +238,8 @@ class ScoreDistillation:
         """
         x0 = x0.detach()
         x_noisy, eps, t_noisy = self.noisy_latent(x0, t, generator, noise)
-        eps_hat = self.predictor.predict_noise(x_noisy, _timestep_batch(t, x0), self.guidance_scale)
+        with self.stage("prediction"):
+            eps_hat = self.predictor.predict_noise(x_noisy, _timestep_batch(t, x0), self.guidance_scale)
         # The prediction and x̂0 use t even for SDI's x_{t+δ}, as the official implementation.
         target = predict_x0(x_noisy, eps_hat, alpha_bar(self.predictor.alphas_cumprod, t, x0))
         return DistillationStep(target=target, x_noisy=x_noisy, noise=eps, t=t, t_noisy=t_noisy)

@@ -12,8 +12,10 @@ Loads the UNet, VAE, text encoder, tokenizer and scheduler of a diffusers reposi
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,6 +23,43 @@ from torch import Tensor
 from ..errors import ModelUnavailable, UserError
 from .model_source import DEFAULT_MODEL, resolve_model_source
 from .prompts import PromptOptions, direction_index, perp_neg_mix, perpendicular_component, view_prompts
+
+logger = logging.getLogger(__name__)
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+"""torch.compile modes :attr:`SpeedConfig.compile_unet` accepts besides "auto" and "off"."""
+
+
+@dataclass
+class SpeedConfig:
+    """How the diffusion model runs on the GPU: knobs for speed and memory, not for results.
+
+    Each changes rounding at most (checked against the plain path in ``tests/test_prior.py``);
+    ``bench/gpu_step.py`` measures what each is worth.
+    """
+
+    channels_last: bool = True
+    """UNet and VAE in channels-last (NHWC) memory format on CUDA, the layout of cuDNN's
+    tensor-core convolutions (no transposes around each convolution); ignored on CPU."""
+    compile_unet: str = "off"
+    """torch.compile the UNet: "off", "auto" (mode "default" on CUDA, off elsewhere) or a
+    mode of :data:`COMPILE_MODES`. Off until a GPU run of bench/gpu_step.py shows it pays
+    (each prompt-batch shape compiles separately, for about a minute). If compiling fails,
+    the UNet runs uncompiled after a one-line warning."""
+    vae_checkpointing: bool = False
+    """Gradient checkpointing in the VAE encoder: its activations are recomputed in the
+    backward pass instead of kept (less memory, one more encoder forward per step)."""
+
+    def validate(self) -> None:
+        if self.compile_unet not in ("auto", "off", *COMPILE_MODES):
+            raise UserError(f"unknown compile mode '{self.compile_unet}'",
+                            hint=f"choose auto, off or one of {', '.join(COMPILE_MODES)}")
+
+    def compile_mode(self, device: torch.device) -> str | None:
+        """The torch.compile mode to use on ``device``, or None for none."""
+        if self.compile_unet == "auto":
+            return "default" if device.type == "cuda" else None
+        return None if self.compile_unet == "off" else self.compile_unet
 
 
 @dataclass
@@ -51,6 +90,15 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' requested but CUDA is not available", hint="use --device cpu")
     return device
+
+
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` on ``device``. A host-to-CUDA copy goes through pinned memory without blocking: a
+    plain ``.to("cuda")`` of host memory waits for all the work queued on the GPU first."""
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    # The caching host allocator keeps the pinned block until the copy has completed.
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -138,6 +186,9 @@ class StableDiffusionPrior:
         self.vae = parts["vae"].to(self.device).eval().requires_grad_(False)
         self.alphas_cumprod: Tensor = parts["scheduler"].alphas_cumprod.to(self.device, torch.float32)
         self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.memory_format = torch.contiguous_format
+        self._compiled: Any = None  # the compiled UNet, or None to run it eagerly
+        self._compile_mode: str | None = None
 
     @property
     def latent_size(self) -> int:
@@ -169,16 +220,66 @@ class StableDiffusionPrior:
         """A noise predictor for the prompt; with cameras, view-dependent and Perp-Neg as set."""
         return GuidedPredictor(self, embeddings, elevation_deg, azimuth_deg)
 
+    # -- speed knobs --------------------------------------------------------------------
+    def apply_speed(self, speed: SpeedConfig) -> None:
+        """Set the knobs of ``speed`` for this device (idempotent; each run calls it)."""
+        speed.validate()
+        self.set_channels_last(speed.channels_last and self.device.type == "cuda")
+        self.set_vae_checkpointing(speed.vae_checkpointing)
+        self.set_unet_compile(speed.compile_mode(self.device))
+
+    def set_channels_last(self, on: bool) -> None:
+        """UNet and VAE weights (and their inputs) in channels-last or the default format."""
+        fmt = torch.channels_last if on else torch.contiguous_format
+        if fmt != self.memory_format:
+            self.unet.to(memory_format=fmt)
+            self.vae.to(memory_format=fmt)
+            self.memory_format = fmt
+
+    def set_vae_checkpointing(self, on: bool) -> None:
+        """Gradient checkpointing of the VAE (diffusers applies it only while grad is enabled,
+        i.e. to the encoder in the training step)."""
+        if on != self.vae.is_gradient_checkpointing:
+            self.vae.enable_gradient_checkpointing() if on else self.vae.disable_gradient_checkpointing()
+
+    def set_unet_compile(self, mode: str | None) -> None:
+        """torch.compile the UNet in ``mode`` (None: run it eagerly). Compiling happens lazily,
+        at the first call; the compiled module is kept while the mode stays the same."""
+        if mode != self._compile_mode:
+            self._compiled = None if mode is None else torch.compile(self.unet, mode=mode, dynamic=False)
+            self._compile_mode = mode
+
     # -- UNet ---------------------------------------------------------------------------
     def unet_eps(self, x: Tensor, t: Tensor, text: Tensor) -> Tensor:
         """Raw ε prediction in the model's dtype, returned in x's dtype."""
-        out = self.unet(x.to(self.dtype), t, encoder_hidden_states=text.to(self.dtype)).sample
-        return out.to(x.dtype)
+        dtype = x.dtype
+        x, text = x.to(self.dtype, memory_format=self.memory_format), text.to(self.dtype)
+        out = self._compiled_unet(x, t, text) if self._compiled is not None else None
+        if out is None:
+            out = self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+        return out.to(dtype)
+
+    def _compiled_unet(self, x: Tensor, t: Tensor, text: Tensor) -> Tensor | None:
+        """The compiled UNet's prediction, or None (for good) if compiling or running it failed."""
+        cuda_graphs = self._compile_mode == "reduce-overhead"
+        try:
+            if cuda_graphs:  # each call is a new graph replay; the last one's output is dead
+                torch.compiler.cudagraph_mark_step_begin()
+            out = self._compiled(x, t, encoder_hidden_states=text, return_dict=False)[0]
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back, say so once
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            logger.warning("torch.compile of the UNet failed (%s: %s); running it uncompiled",
+                           type(exc).__name__, first)
+            self._compiled = None
+            return None
+        # A CUDA graph's output buffer is overwritten by the next replay: keep a copy.
+        return out.clone() if cuda_graphs else out
 
     # -- VAE ----------------------------------------------------------------------------
     def encode_images(self, rgb: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Differentiable VAE encoding of [B, 3, H, W] images in [0, 1] to scaled latents."""
-        posterior = self.vae.encode((rgb * 2 - 1).to(self.dtype)).latent_dist
+        image = (rgb * 2 - 1).to(self.dtype, memory_format=self.memory_format)
+        posterior = self.vae.encode(image).latent_dist
         return (posterior.sample(generator) * self.vae.config.scaling_factor).to(rgb.dtype)
 
     def decode_latents(self, latents: Tensor) -> Tensor:
@@ -204,18 +305,22 @@ class GuidedPredictor:
             n = 1 if azimuth_deg is None else azimuth_deg.shape[0]
             self.text = [emb.prompt.expand(n, -1, -1), emb.negative.expand(n, -1, -1)]
             return
+        # The prompt mix is computed on the host (pass host cameras to avoid a copy back) and
+        # sent to the device without blocking: see to_device.
         elevation_deg, azimuth_deg = elevation_deg.cpu(), azimuth_deg.cpu()
+        dev = emb.views.device
         uncond = emb.negative.expand(azimuth_deg.shape[0], -1, -1)
         if not opts.perp_neg:
-            self.text = [emb.views[direction_index(elevation_deg, azimuth_deg, opts)], uncond]
+            view = to_device(direction_index(elevation_deg, azimuth_deg, opts), dev)
+            self.text = [emb.views[view], uncond]
             return
         mix = perp_neg_mix(elevation_deg, azimuth_deg, opts)
-        cond = torch.einsum("bv,vld->bld", mix.positive.to(emb.views), emb.views)
+        cond = torch.einsum("bv,vld->bld", to_device(mix.positive, dev).to(emb.views.dtype), emb.views)
         # Index −1 (overhead: no negatives) points at the negative prompt with weight 0.
         table = torch.cat([emb.views, emb.negative])
-        negs = [table[mix.negatives[:, k]] for k in range(2)]
-        self.text = [cond, uncond, *negs]
-        self.neg_weights = mix.weights.to(prior.device)
+        negatives = to_device(mix.negatives, dev)
+        self.text = [cond, uncond, *(table[negatives[:, k]] for k in range(2))]
+        self.neg_weights = to_device(mix.weights, prior.device)
 
     def predict_noise(self, x_t: Tensor, t: Tensor, guidance_scale: float) -> Tensor:
         b, k = x_t.shape[0], len(self.text)

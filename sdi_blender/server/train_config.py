@@ -19,6 +19,7 @@ from .cameras import CameraConfig
 from .field import BackgroundConfig, FieldConfig
 from .guidance import METHODS
 from .model_source import DEFAULT_MODEL
+from .prior import SpeedConfig
 from .regularizers import LossWeights
 from .renderer import RendererConfig
 from .shading import ShadingConfig
@@ -110,6 +111,9 @@ class TrainConfig:
     """Ray sampling and batching."""
     losses: LossWeights = dataclasses.field(default_factory=LossWeights)
     """Weights of the guidance loss and the regularisers."""
+    speed: SpeedConfig = dataclasses.field(default_factory=SpeedConfig)
+    """How the diffusion model runs on the GPU (memory format, torch.compile, VAE
+    checkpointing); may change when a run is resumed."""
 
     def paper_step(self, step: int) -> int:
         """``step`` of this run in the paper's schedule time."""
@@ -135,6 +139,7 @@ class TrainConfig:
                 raise UserError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if self.renderer.num_samples_per_ray <= 0:
             raise UserError("samples per ray must be positive")
+        self.speed.validate()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -1,16 +1,27 @@
 """Text-to-3D optimisation: render → VAE encode → SDS/SDI → backprop into field and background.
 
 One :class:`Trainer` owns a run folder (:mod:`~sdi_blender.server.run_dir`). It reports
-through :class:`TrainerCallbacks` (progress every step, a preview image every
+through :class:`TrainerCallbacks` (progress for every step, a preview image every
 ``preview_every`` steps, checkpoints), checks a cancel flag between steps, and resumes
 from its checkpoint exactly: the random generators are saved with the weights.
+
+The trainer's own step code never makes the host wait for the GPU (nerfacc's occupancy-grid
+sampler still does, inside the render, to size its packed samples): host data goes to the GPU
+through pinned memory, loss values come back asynchronously (:class:`_LossFetch`), and
+progress is reported once they have arrived - on CUDA usually after the same step, at most
+two steps late; on CPU at once. The NaN/inf check runs on every step's values as they arrive,
+so it names the exact step, but the weights may already have taken that step's update (and
+on CUDA up to two more); every checkpoint first waits for all values and checks them, so a
+checkpoint never holds weights updated from a non-finite loss.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +32,15 @@ import torch.nn.functional as F
 from ..errors import UserError
 from . import regularizers as reg
 from . import run_dir
-from .cameras import sample_cameras, turntable_cameras
+from .cameras import Cameras, sample_cameras, turntable_cameras
 from .field import EnvironmentBackground, ImplicitVolume
 from .guidance import ScoreDistillation, annealed_timestep
 from .images import to_pil
-from .prior import StableDiffusionPrior, resolve_device
+from .prior import StableDiffusionPrior, resolve_device, to_device
 from .prompts import PromptOptions
 from .renderer import VolumeRenderer
 from .shading import pick_shading
+from .step_timer import StepTimer, no_stage
 from .train_config import TrainConfig, incompatibilities
 
 CHECKPOINT_FORMAT = 1
@@ -70,17 +82,62 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+class _LossFetch:
+    """Loss values on their way to the host, copied without making the host wait.
+
+    On CUDA each step's values are copied into pinned memory behind the step's work and an
+    event marks their arrival; :meth:`ready` returns those that have arrived (``query``, no
+    wait) and waits only for values more than ``max_lag`` steps old, or for all when asked.
+    On other devices the values are there at once.
+    """
+
+    def __init__(self, device: torch.device, max_lag: int = 2) -> None:
+        self.cuda, self.max_lag = device.type == "cuda", max_lag
+        self.pending: deque[tuple[int, int, list[str], torch.Tensor, torch.cuda.Event | None]] = deque()
+
+    def push(self, step: int, t: int, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        event = None
+        if self.cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            values, event = host, torch.cuda.Event()
+            event.record()
+        self.pending.append((step, t, list(terms), values, event))
+
+    def ready(self, wait: bool = False) -> list[tuple[int, int, dict[str, float]]]:
+        """(step, t, values) of the steps whose values have arrived, oldest first."""
+        out = []
+        while self.pending:
+            step, t, names, values, event = self.pending[0]
+            if event is not None:
+                if not (wait or len(self.pending) > self.max_lag or event.query()):
+                    break
+                event.synchronize()
+            self.pending.popleft()
+            out.append((step, t, dict(zip(names, values.tolist()))))
+        return out
+
+
 class Trainer:
-    """Optimises one run; ``resume`` continues from the run folder's checkpoint."""
+    """Optimises one run; ``resume`` continues from the run folder's checkpoint.
+
+    ``timer`` (benchmarks) times the stages of each step; by default nothing is timed.
+    """
 
     def __init__(self, config: TrainConfig, run: Path, *, prior: StableDiffusionPrior | None = None,
                  device: str = "auto", callbacks: TrainerCallbacks | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, timer: StepTimer | None = None) -> None:
         config.validate()
         self.config, self.run_path = config, Path(run)
         self.callbacks = callbacks or TrainerCallbacks()
         self.device = prior.device if prior is not None else resolve_device(device)
         self.prior = prior or StableDiffusionPrior(config.model, device=self.device)
+        self.prior.apply_speed(config.speed)
+        self.timer = timer
+        self._stage = timer.stage if timer is not None else no_stage
+        self._losses = _LossFetch(self.device)
+        self._run_start: tuple[float, int] | None = None  # (perf_counter, first step) of run()
         torch.manual_seed(config.seed)  # the field's initialisation
         self.field = ImplicitVolume(config.field).to(self.device)
         self.background = EnvironmentBackground(config.background).to(self.device)
@@ -105,21 +162,28 @@ class Trainer:
     # -- one step -------------------------------------------------------------------------
     def train_step(self) -> tuple[int, dict[str, torch.Tensor]]:
         """One optimisation step; returns the timestep and the (weighted-sum) loss terms."""
-        cfg, paper_step = self.config, self.config.paper_step(self.step)
+        cfg, paper_step, stage = self.config, self.config.paper_step(self.step), self._stage
         self.field.set_step(paper_step)
-        self.renderer.update_grid(self.step)
-        cams = sample_cameras(cfg.cameras, cfg.batch_size, cfg.resolution, cfg.resolution,
-                              self.gen_cpu).to(self.device)
-        shading = pick_shading(cfg.shading, paper_step, self.gen_cpu)
-        out = self.renderer(cams, shading, self.gen_cpu, stratified=True)
-        rgb = out.rgb.permute(0, 3, 1, 2)
-        if rgb.shape[-1] != self.prior.image_size:  # the VAE's native input size
-            rgb = F.interpolate(rgb, size=self.prior.image_size, mode="bilinear", align_corners=False)
-        latents = self.prior.encode_images(rgb, self.gen_dev)
+        with stage("grid"):
+            self.renderer.update_grid(self.step)
+        with stage("render"):
+            host_cams = sample_cameras(cfg.cameras, cfg.batch_size, cfg.resolution, cfg.resolution,
+                                       self.gen_cpu)
+            cams = _cameras_to(host_cams, self.device)
+            shading = pick_shading(cfg.shading, paper_step, self.gen_cpu)
+            out = self.renderer(cams, shading, self.gen_cpu, stratified=True)
+        with stage("vae"):
+            rgb = out.rgb.permute(0, 3, 1, 2)
+            if rgb.shape[-1] != self.prior.image_size:  # the VAE's native input size
+                rgb = F.interpolate(rgb, size=self.prior.image_size, mode="bilinear", align_corners=False)
+            latents = self.prior.encode_images(rgb, self.gen_dev)
+        if self.timer is not None:
+            self._time_backward(latents, out.rgb)
         guidance = ScoreDistillation(
-            self.prior.predictor(self.embeddings, cams.elevation_deg, cams.azimuth_deg), cfg.method,
-            guidance_scale=cfg.guidance_scale, inversion_guidance_scale=cfg.inversion_guidance_scale,
-            inversion_step=cfg.inversion_step, inversion_eta=cfg.inversion_eta)
+            self.prior.predictor(self.embeddings, host_cams.elevation_deg, host_cams.azimuth_deg),
+            cfg.method, guidance_scale=cfg.guidance_scale,
+            inversion_guidance_scale=cfg.inversion_guidance_scale, inversion_step=cfg.inversion_step,
+            inversion_eta=cfg.inversion_eta, delta_generator=self.gen_cpu, stage=stage)
         t = annealed_timestep(min(self.step, cfg.schedule_steps), cfg.schedule_steps, cfg.t_max,
                               cfg.t_min, self.prior.alphas_cumprod.shape[0])
         terms = {
@@ -134,26 +198,60 @@ class Trainer:
         terms["total"] = sum(weights[k] * v for k, v in terms.items())
         return t, terms
 
-    def _optimise(self) -> tuple[int, dict[str, float]]:
-        t, terms = self.train_step()
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        if not all(map(_finite, values.values())):
-            bad = ", ".join(k for k, v in values.items() if not _finite(v))
-            self._set_state("failed", f"loss became NaN/inf at step {self.step + 1} ({bad})")
-            raise LossDiverged(f"the loss became NaN or infinite at step {self.step + 1} ({bad}); "
-                               f"stopped, the last good checkpoint (step {self.saved_step}) is kept",
-                               hint="lower the learning rate or guidance scale, or change the seed")
-        self.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        self.optimizer.step()
+    def _time_backward(self, latents: torch.Tensor, rgb: torch.Tensor) -> None:
+        # The backward pass is one call; gradient hooks mark where it enters the VAE (the
+        # latents' gradient is ready) and leaves it for the renderer (the render's is).
+        timer = self.timer
+
+        def leave_vae(grad: torch.Tensor) -> None:
+            timer.end("vae_backward")
+            timer.begin("render_backward")
+
+        latents.register_hook(lambda grad: timer.begin("vae_backward"))
+        rgb.register_hook(leave_vae)
+
+    def optimise_step(self) -> int:
+        """One training step: forward, backward, Adam. Returns the timestep.
+
+        Its loss values are queued for :meth:`report_progress`, which checks and reports them
+        once they have reached the host; nothing here waits for the device.
+        """
+        with self.timer.step() if self.timer is not None else no_stage("step"):
+            t, terms = self.train_step()
+            self._losses.push(self.step + 1, t, terms)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            if self.timer is not None:
+                self.timer.end("render_backward")
+            with self._stage("update"):
+                self.optimizer.step()
         self.step += 1
-        self.history.append({"step": self.step, "t": t, **values})
-        return t, values
+        return t
+
+    def report_progress(self, wait: bool = False) -> None:
+        """Check, record and report the loss values that have arrived (all of them if ``wait``)."""
+        for step, t, values in self._losses.ready(wait):
+            if not all(map(_finite, values.values())):
+                self._diverged(step, [k for k, v in values.items() if not _finite(v)])
+            self.history.append({"step": step, "t": t, **values})
+            start, first = self._run_start or (time.perf_counter(), step - 1)
+            elapsed = time.perf_counter() - start
+            eta = elapsed / max(step - first, 1) * (self.config.steps - step)
+            self.callbacks.on_progress(Progress(step, self.config.steps, t, values, elapsed, eta))
+
+    def _diverged(self, step: int, bad: list[str]) -> None:
+        self._losses.pending.clear()
+        names = ", ".join(bad)
+        self._set_state("failed", f"loss became NaN/inf at step {step} ({names})")
+        raise LossDiverged(f"the loss became NaN or infinite at step {step} ({names}); "
+                           f"stopped, the last good checkpoint (step {self.saved_step}) is kept",
+                           hint="lower the learning rate or guidance scale, or change the seed")
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, cancel: Callable[[], bool] | None = None) -> RunResult:
         """Train until ``config.steps`` or until ``cancel()`` is true (checked between steps)."""
-        cfg, start, first = self.config, time.perf_counter(), self.step
+        cfg = self.config
+        self._run_start = (time.perf_counter(), self.step)
         run_dir.atomic_write(self.run_path / run_dir.CONFIG, cfg.to_json())
         self._set_state("running")
         while self.step < cfg.steps:
@@ -161,10 +259,8 @@ class Trainer:
                 self.save_checkpoint()
                 self._set_state("cancelled")
                 return RunResult("cancelled", self.step, self.history)
-            t, values = self._optimise()
-            elapsed = time.perf_counter() - start
-            eta = elapsed / (self.step - first) * (cfg.steps - self.step)
-            self.callbacks.on_progress(Progress(self.step, cfg.steps, t, values, elapsed, eta))
+            self.optimise_step()
+            self.report_progress()
             if self.step % cfg.preview_every == 0 or self.step == cfg.steps:
                 self.callbacks.on_preview(self.step, self.preview())
             if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
@@ -204,6 +300,8 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Write the checkpoint, after checking and recording every step's loss values."""
+        self.report_progress(wait=True)
         state = {
             "format": CHECKPOINT_FORMAT, "step": self.step, "config": json.loads(self.config.to_json()),
             "field": self.field.state_dict(), "background": self.background.state_dict(),
@@ -252,6 +350,13 @@ class Trainer:
     def _set_state(self, status: str, message: str = "") -> None:
         self.status = status
         run_dir.write_state(self.run_path, status, self.saved_step, self.config.steps, message)
+
+
+def _cameras_to(cams: Cameras, device: torch.device) -> Cameras:
+    """``cams`` on ``device``, copied without waiting for the GPU's queue (see ``to_device``)."""
+    tensors = {f.name: getattr(cams, f.name) for f in dataclasses.fields(cams)}
+    return dataclasses.replace(cams, **{k: to_device(v, device) for k, v in tensors.items()
+                                        if isinstance(v, torch.Tensor)})
 
 
 def _finite(x: float) -> bool:
