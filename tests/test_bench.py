@@ -36,8 +36,8 @@ def test_gpu_bench_dry_run_on_cpu_exercises_every_part(model_cache, tmp_path):
     assert result["dry_run"] and result["preset"] == "test"
     assert set(result["bare"]["unet_ms_best"]) == {"4", "2"} and result["bare"]["vae_fwd_bwd_ms_best"] > 0
     rows = {r["name"]: r for r in result["rows"]}
-    assert set(rows) == {"sdi-perpneg", "sdi", "sds-perpneg", "sds", "sdi-perpneg-eager",
-                         "sdi-perpneg-eager-channels-first", "sdi-perpneg-vae-checkpointing"}
+    assert set(rows) == {"sdi-perpneg", "sdi", "sds-perpneg", "sds", "sdi-perpneg-compiled",
+                         "sdi-perpneg-channels-first", "sdi-perpneg-vae-checkpointing"}
     for row in rows.values():
         assert "error" not in row, row
         assert row["steps"] == 2 and row["step_over_bound"] > 0 and row["minutes_per_10k_steps"] > 0
