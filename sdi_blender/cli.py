@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_export(sub)
     _add_serve(sub)
+    _add_eval(sub)
+    _add_compare(sub)
     return parser
 
 
@@ -59,6 +61,9 @@ def _add_distill2d(sub: argparse._SubParsersAction) -> None:
                    help="output image (.png/.jpg); the strip goes beside it as NAME_strip.png")
     p.add_argument("--compare", action="store_true",
                    help="run SDS and SDI from the same seed and write them side by side")
+    p.add_argument("--clip", help="also score the final image(s) as eval does (CLIP score, CLIP-IQA) into "
+                                  "NAME_metrics.json with this CLIP: a hub id such as "
+                                  "openai/clip-vit-large-patch14, a local directory, or 'tiny'")
     p.set_defaults(func=_run_distill2d)
 
 
@@ -197,6 +202,79 @@ def _run_serve(args: argparse.Namespace) -> int:
                  model=args.model, device=args.device, allow_remote=args.allow_remote)
 
 
+_CLIP_HELP = ("CLIP for the metrics: hub id (default openai/clip-vit-large-patch14), local directory, "
+              "or 'tiny' (a small random CLIP built locally, for tests)")
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--views", type=int, default=8, help="evenly spaced views per run (default 8)")
+    p.add_argument("--size", type=int, default=256, help="view size in pixels (default 256)")
+    p.add_argument("--clip", help=_CLIP_HELP)
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score runs: CLIP score, CLIP-IQA, divergence; HTML report",
+                       description="Render each RUN_DIR from evenly spaced views at the evaluation camera and "
+                                   "score them; writes metrics.json, metrics.csv, report.html and contact.png.")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders made by generate")
+    p.add_argument("--out", type=Path, help="report folder (default RUN_DIR/eval for one run, else eval-report)")
+    _add_eval_options(p)
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .server.clip_metrics import DEFAULT_CLIP
+    from .server.eval_report import check_report_dir, write_report
+    from .server.evaluate import evaluate, group_summary
+    from .server.prior import resolve_device
+
+    runs = [r.expanduser() for r in args.runs]
+    out = (args.out or (runs[0] / "eval" if len(runs) == 1 else Path("eval-report"))).expanduser()
+    check_report_dir(out)
+    clip = args.clip or DEFAULT_CLIP
+    results = evaluate(runs, clip, args.views, args.size, resolve_device(args.device),
+                       progress=lambda i, n, name: print(f"[eval] {i + 1}/{n} {name}", file=sys.stderr))
+    groups = group_summary(results)
+    write_report(results, groups, out, {"clip": clip, "views": args.views, "size": args.size})
+    for g in groups:
+        print(f"{g['method'].upper()} '{g['prompt']}': CLIP {g['clip_score']:.2f}, IQA {g['clip_iqa']:.3f}, "
+              f"diverged {g['diverged']}/{g['runs']}", file=sys.stderr)
+    print(f"wrote {out}/report.html", file=sys.stderr)
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="SDS vs SDI on one prompt over several seeds, then eval",
+                       description="Train SDS and SDI with the same seeds and settings, then evaluate them "
+                                   "all into OUT/report (runs already complete in OUT are kept).")
+    p.add_argument("prompt", help="what the object should be")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
+    p.add_argument("--preset", choices=("test", "draft", "standard", "paper"), default="draft",
+                   help="quality preset (default draft)")
+    p.add_argument("--out", type=Path, help="folder of the runs and the report (default compare/<prompt>)")
+    p.add_argument("--model", help="hub id, local diffusers directory, or 'tiny'")
+    p.add_argument("--steps", type=int, help="steps per run (default: the preset's)")
+    p.add_argument("--resolution", type=int, help="render size in pixels (default: the preset's)")
+    _add_eval_options(p)
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from .server.clip_metrics import DEFAULT_CLIP
+    from .server.compare import CompareRequest, default_out, run_compare
+    from .server.model_source import check_model_name
+
+    if args.model:
+        check_model_name(args.model)
+    settings = {k: getattr(args, k) for k in ("model", "steps", "resolution") if getattr(args, k) is not None}
+    req = CompareRequest(prompt=args.prompt, out=(args.out or default_out(args.prompt)).expanduser(),
+                         seeds=args.seeds, preset=args.preset, clip=args.clip or DEFAULT_CLIP, views=args.views,
+                         size=args.size, device=args.device, settings=settings)
+    print(f"wrote {run_compare(req)}/report.html", file=sys.stderr)
+    return 0
+
+
 def _strip_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_strip{out.suffix}")
 
@@ -214,7 +292,7 @@ def _run_distill2d(args: argparse.Namespace) -> int:
     check_model_name(config.model)
     out = args.out.expanduser()
     check_output_path(out)
-    run_distill2d(config, out, _strip_path(out), device=args.device, compare=args.compare)
+    run_distill2d(config, out, _strip_path(out), device=args.device, compare=args.compare, clip=args.clip)
     return 0
 
 

@@ -8,6 +8,7 @@ SDI, whose noise comes from DDIM inversion of the current latent, ends sharp.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from .console import StepBar
+from .fileio import atomic_write
 from .guidance import METHODS, ScoreDistillation, annealed_timestep
 from .images import grid, label, side_by_side, to_pil, write_image_atomic
 from .model_source import DEFAULT_MODEL
@@ -126,12 +128,31 @@ def distill2d(cfg: Distill2DConfig, prior: StableDiffusionPrior,
                            latent=latent.detach(), seconds=time.perf_counter() - start)
 
 
+def metrics_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}_metrics.json")
+
+
+def _score(results: list[Distill2DResult], methods: list[str], prompt: str, clip: str,
+           device: torch.device) -> dict:
+    """The final images' CLIP score and CLIP-IQA, as ``eval`` computes them for views."""
+    from .clip_metrics import ClipJudge
+
+    judge = ClipJudge(clip, device=device)
+    images = torch.stack([r.image.float() for r in results])
+    scores, iqa = judge.clip_score(images, prompt).tolist(), judge.clip_iqa(images).tolist()
+    for method, c, q in zip(methods, scores, iqa):
+        print(f"{method.upper()}: CLIP score {c:.2f}, CLIP-IQA {q:.3f}", file=sys.stderr)
+    return {"prompt": prompt, "clip": clip,
+            "methods": {m: {"clip_score": c, "clip_iqa": q} for m, c, q in zip(methods, scores, iqa)}}
+
+
 def run_distill2d(cfg: Distill2DConfig, out: Path, strip_out: Path, device: str = "auto",
-                  compare: bool = False) -> list[Distill2DResult]:
+                  compare: bool = False, clip: str | None = None) -> list[Distill2DResult]:
     """The ``distill2d`` command: run, then write the image and the strip atomically.
 
     With ``compare`` SDS and SDI run from the same seed; the image shows them side by
-    side (SDS left) and the strip has one row per method.
+    side (SDS left) and the strip has one row per method. With ``clip`` the final images
+    are scored as ``eval`` scores views (CLIP score, CLIP-IQA) into ``<out>_metrics.json``.
     """
     methods = ["sds", "sdi"] if compare else [cfg.method]
     prior = StableDiffusionPrior(cfg.model, device=resolve_device(device))
@@ -149,11 +170,17 @@ def run_distill2d(cfg: Distill2DConfig, out: Path, strip_out: Path, device: str 
     if compare:  # one row per method
         for row, method in enumerate(methods):
             strip = label(strip, method.upper(), (2, row * tiles[0].height + 1))
-    write_image_atomic(strip, strip_out)
+    metrics = _score(results, methods, cfg.prompt, clip, prior.device) if clip else None
+    written = []
     try:
-        write_image_atomic(image, out)
+        for data, path in ((strip, strip_out), (image, out)):
+            write_image_atomic(data, path)
+            written.append(path)
+        if metrics is not None:
+            atomic_write(metrics_path(out), json.dumps(metrics, indent=2))
     except BaseException:
-        strip_out.unlink(missing_ok=True)  # all or nothing
+        for path in written:
+            path.unlink(missing_ok=True)  # all or nothing
         raise
     print(f"wrote {out} and {strip_out} ({sum(r.seconds for r in results):.1f} s)", file=sys.stderr)
     return results

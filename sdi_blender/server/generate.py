@@ -100,11 +100,13 @@ class _CancelOnInterrupt:
         print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
 
 
-def run_generate(req: GenerateRequest) -> RunResult:
-    """Plan, build and train; prints where the results are."""
+def run_generate(req: GenerateRequest, prior: StableDiffusionPrior | None = None) -> RunResult:
+    """Plan, build and train; prints where the results are. ``prior``: an already loaded model
+    (several runs in a row, e.g. ``compare``)."""
     config, resume = plan_run(req)
     # The model loads before the run folder is touched: a missing model leaves nothing behind.
-    prior = StableDiffusionPrior(config.model, device=resolve_device(req.device))
+    if prior is None or prior.model_id != config.model:
+        prior = StableDiffusionPrior(config.model, device=resolve_device(req.device))
     if not resume:
         run_dir.prepare_new_run(req.out, req.overwrite)
     trainer = Trainer(config, req.out, prior=prior, resume=resume)

@@ -17,15 +17,18 @@ DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def check_model_name(model: str) -> None:
-    """Raise :class:`UserError` unless ``model`` is ``tiny``, an existing directory or a hub id."""
+def check_model_name(model: str, hint: str = "") -> None:
+    """Raise :class:`UserError` unless ``model`` is ``tiny``, an existing directory or a hub id.
+
+    ``hint`` replaces the default hint (which names Stable Diffusion models).
+    """
     if model == TINY or Path(model).expanduser().is_dir():
         return
     if _HUB_ID.match(model) and not model.startswith("."):
         return
     raise UserError(f"model path '{model}' does not exist",
-                    hint="give a diffusers model directory, a hub id such as "
-                         "stabilityai/stable-diffusion-2-1-base, or 'tiny'")
+                    hint=hint or "give a diffusers model directory, a hub id such as "
+                                 "stabilityai/stable-diffusion-2-1-base, or 'tiny'")
 
 
 def resolve_model_source(model: str) -> str:

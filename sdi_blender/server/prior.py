@@ -125,20 +125,24 @@ MODEL_FILES = [
 ]
 
 
-def _unavailable(model_id: str, what: str) -> ModelUnavailable:
+_MODEL_ALTERNATIVES = "pass --model with a local diffusers directory, or --model tiny to test offline"
+
+
+def _unavailable(model_id: str, what: str, alternatives: str = _MODEL_ALTERNATIVES) -> ModelUnavailable:
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
     return ModelUnavailable(
         f"model '{model_id}' is not available: {what}" + (" (HF_HUB_OFFLINE is set)" if offline else ""),
-        hint=f"fetch it once on a connected machine with `hf download {model_id}`, "
-             "or pass --model with a local diffusers directory, or --model tiny to test offline",
+        hint=f"fetch it once on a connected machine with `hf download {model_id}`, or {alternatives}",
     )
 
 
-def fetch_model(model_id: str, source: str) -> str:
+def fetch_model(model_id: str, source: str, allow_patterns: list[str] | None = None,
+                alternatives: str = _MODEL_ALTERNATIVES) -> str:
     """A local directory holding the model: ``source`` itself, or its Hugging Face cache snapshot.
 
     ``snapshot_download`` honours the HF cache and ``HF_HUB_OFFLINE`` and downloads only
-    what is missing; it fails fast and quietly when the hub cannot be reached.
+    what is missing (``allow_patterns``, default :data:`MODEL_FILES`); it fails fast and
+    quietly when the hub cannot be reached. ``alternatives`` ends the error's hint.
     """
     if os.path.isdir(source):
         return source
@@ -146,9 +150,10 @@ def fetch_model(model_id: str, source: str) -> str:
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return snapshot_download(source, allow_patterns=MODEL_FILES)
+        return snapshot_download(source, allow_patterns=allow_patterns or MODEL_FILES)
     except (OSError, ValueError, HfHubHTTPError) as exc:
-        raise _unavailable(model_id, "not in the Hugging Face cache and not downloadable") from exc
+        raise _unavailable(model_id, "not in the Hugging Face cache and not downloadable",
+                           alternatives) from exc
 
 
 def _load_components(model_id: str, folder: str, dtype: torch.dtype) -> dict:

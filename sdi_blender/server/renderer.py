@@ -196,3 +196,14 @@ class VolumeRenderer(nn.Module):
         facing = (normal * ray_of(dirs)).sum(-1, keepdim=True).clamp_min(0) ** 2
         orient = acc(facing, weights.detach())
         return torch.cat([acc(colour), opacity, depth, z_var, comp_normal, orient], dim=-1)
+
+
+@torch.no_grad()
+def render_views(renderer: VolumeRenderer, cams: Cameras) -> list[RenderOutput]:
+    """Each camera rendered on its own (memory bounded by one view), diffuse shading."""
+    return [renderer(cams.index(i), "diffuse") for i in range(len(cams))]
+
+
+def as_image(out: RenderOutput) -> Tensor:
+    """The first view's colour as a [3, H, W] image in [0, 1] on the CPU."""
+    return out.rgb[0].permute(2, 0, 1).clamp(0, 1).float().cpu()

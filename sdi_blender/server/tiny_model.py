@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -40,17 +41,19 @@ def tiny_model_path() -> Path:
     return path
 
 
-def _build_atomically(path: Path) -> None:
+def _build_atomically(path: Path, build: Callable[[Path], None] | None = None,
+                      marker: str = "model_index.json") -> None:
+    """Run ``build`` (default: the tiny pipeline) into ``path``; ``marker`` is a file every build has."""
     # Build beside the target and rename, so a concurrent or interrupted build never
     # leaves a half-written model that a later run would trust.
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
     try:
-        build_tiny_pipeline(staging)
+        (build or build_tiny_pipeline)(staging)
         try:
             os.replace(staging, path)
         except OSError:
-            if not (path / "model_index.json").is_file():  # lost a race only if it exists
+            if not (path / marker).is_file():  # lost a race only if it exists
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -38,7 +38,7 @@ from .guidance import ScoreDistillation, annealed_timestep
 from .images import to_pil
 from .prior import StableDiffusionPrior, resolve_device, to_device
 from .prompts import PromptOptions
-from .renderer import VolumeRenderer
+from .renderer import VolumeRenderer, as_image, render_views
 from .shading import pick_shading
 from .step_timer import StepTimer, no_stage
 from .train_config import TrainConfig, incompatibilities
@@ -275,11 +275,7 @@ class Trainer:
     def render_views(self, n: int, size: int) -> list[torch.Tensor]:
         """n turntable views ([3, size, size] in [0, 1]) with diffuse shading."""
         cams = turntable_cameras(n, size, size, self.config.cameras).to(self.device)
-        views = []
-        for i in range(n):
-            out = self.renderer(cams.index(i), "diffuse")
-            views.append(out.rgb[0].permute(2, 0, 1).clamp(0, 1).float().cpu())
-        return views
+        return [as_image(out) for out in render_views(self.renderer, cams)]
 
     def preview(self) -> bytes:
         """PNG of the fixed front view; also saved under ``previews/``."""
