@@ -97,7 +97,9 @@ def render(obj: Any, out: Path) -> None:
 @scenario
 def generate_refine(work: Path) -> dict:
     """Generate → Continue → Re-export → history import → render → disable stops the server."""
-    result: dict = {"panels_stopped": h.draw_panels()}
+    result: dict = {"panels_stopped": h.draw_panels(),
+                    "registered": sorted(name for name in dir(bpy.types) if name.startswith("SDI_")),
+                    "operators": sorted(dir(bpy.ops.sdi))}
     bpy.context.scene.cursor.location = (0.5, -0.25, 0.0)
     result["generate"] = run_op(bpy.ops.sdi.generate, prompt="a red apple", preset="test")
     obj = bpy.context.active_object

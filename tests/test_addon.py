@@ -55,6 +55,12 @@ def _assert_panels_drew(drawn: dict, *expected: str) -> None:
 
 def test_generate_continue_reexport_import_render(addon_zip: Path, tmp_path: Path) -> None:
     r = run_scenario("generate_refine", addon_zip, tmp_path)
+    # Installed from the zip through Blender's extension API, every class registered.
+    assert {"SDI_PT_main", "SDI_PT_advanced", "SDI_PT_refine", "SDI_PT_history", "SDI_UL_jobs",
+            "SDI_OT_generate", "SDI_OT_cancel", "SDI_OT_continue_job", "SDI_OT_reexport",
+            "SDI_OT_import_job", "SDI_OT_server_start", "SDI_OT_server_stop"} <= set(r["registered"])
+    assert {"generate", "cancel", "continue_job", "reexport", "import_job", "import_run", "refresh_jobs",
+            "server_start", "server_stop", "check_python"} <= set(r["operators"])
     _assert_panels_drew(r["panels_stopped"], "sdi.generate", "Server: stopped", "sdi.server_start")
     assert r["generate"] == "FINISHED"
     obj = r["generated"]
