@@ -9,6 +9,7 @@ preview and reports failures.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -95,7 +96,8 @@ def apply(outcome: ctl.Outcome) -> Report:
     if not glb:
         return "ERROR", "SDI: the job ended without a mesh"
     try:
-        return "INFO", import_result(view, Path(glb))
+        with _window_context():
+            return "INFO", import_result(view, Path(glb))
     except importer.ImportFailed as exc:
         return "ERROR", f"SDI: {exc}"
 
@@ -120,13 +122,22 @@ def fill_history(scene: bpy.types.Scene) -> None:
                                                          entry["status"], entry.get("step") or 0)
 
 
+def _window_context() -> contextlib.AbstractContextManager:
+    """Timers run without a window in the context; the glTF importer and selection want one."""
+    windows = getattr(bpy.context.window_manager, "windows", [])
+    if bpy.context.window is None and len(windows):
+        return bpy.context.temp_override(window=windows[0], screen=windows[0].screen)
+    return contextlib.nullcontext()
+
+
 def notify(level: str, message: str) -> None:
     """A Blender report (Info editor and status bar), from outside an operator."""
     if bpy.app.background:
         print(f"{level}: {message}")
         return
     try:
-        bpy.ops.sdi.notify(level=level, message=message)
+        with _window_context():  # a report needs a window to reach the status bar
+            bpy.ops.sdi.notify(level=level, message=message)
     except RuntimeError:
         print(f"{level}: {message}")
 

@@ -32,6 +32,7 @@ from ..errors import UserError
 from ..protocol import REQUESTS, error_event
 from . import run_dir
 from .export import ExportSettings, export_run
+from .export_process import ExportCancelled, export_in_child
 from .generate import GenerateRequest, plan_run
 from .model_source import check_model_name
 from .prior import StableDiffusionPrior
@@ -55,10 +56,6 @@ class Conflict(UserError):
 class NotFound(UserError):
     """No such job."""
     code = "not_found"
-
-
-class _Stop(Exception):
-    """Raised inside an export's progress callback to abandon it on cancel."""
 
 
 @dataclass
@@ -311,14 +308,10 @@ class JobManager:
         return trainer.run(task.job.cancel.is_set).status
 
     def _export(self, job: Job, settings: ExportSettings) -> str:
-        def progress(stage: str, fraction: float) -> None:
-            if job.cancel.is_set():
-                raise _Stop
-
-        try:
-            result = self._export_fn(job.dir, settings, str(self.device), progress)
-        except _Stop:
-            return "cancelled"  # export_run keeps the previous export on any exception
+        try:  # in a child process: a crash in native code must not take the server down
+            result = export_in_child(job.dir, settings, str(self.device), job.cancel, self._export_fn)
+        except ExportCancelled:
+            return "cancelled"  # the export keeps the previous one on any exception
         files = {kind: str(path) for kind, path in result.files.items()}
         self.emit(job.id, {"event": "exported", "job": job.id, "files": files,
                            "vertices": result.info.get("vertices"), "faces": result.info.get("faces")})
