@@ -296,10 +296,14 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def wait(controller: Controller, apply: Callable[[Outcome | None], None],
-         timeout: float = 3600.0, interval: float = 0.05) -> None:
-    """Poll until the followed job ends (background mode, where timers never fire)."""
+def wait_until(controller: Controller, done: Callable[[], bool],
+               on_outcome: Callable[[Outcome], None] | None = None,
+               timeout: float = 3600.0, interval: float = 0.05) -> None:
+    """Poll until ``done()`` holds (background mode, where timers never fire); a job's
+    outcome goes to ``on_outcome``."""
     deadline = time.monotonic() + timeout
-    while controller.running and time.monotonic() < deadline:
-        apply(controller.poll())
+    while not done() and time.monotonic() < deadline:
+        outcome = controller.poll()
+        if outcome is not None and on_outcome is not None:
+            on_outcome(outcome)
         time.sleep(interval)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +131,7 @@ class SDI_OT_server_start(bpy.types.Operator):
         if not runtime.synchronous():
             runtime.ensure_timer()
             return {"FINISHED"}
-        _wait_for(lambda: c.state in ("ready", "error"), c)
+        ctl.wait_until(c, lambda: c.state in ("ready", "error"), timeout=300.0)
         if c.state != "ready":
             self.report({"ERROR"}, f"SDI: {c.hint or 'the server did not start'}")
             return {"CANCELLED"}
@@ -160,7 +159,7 @@ class SDI_OT_refresh_jobs(bpy.types.Operator):
         before = c.jobs
         c.refresh_jobs(preferences.server_settings(context))
         if runtime.synchronous():
-            _wait_for(lambda: c.jobs is not before or c.notices, c)
+            ctl.wait_until(c, lambda: c.jobs is not before or bool(c.notices), timeout=300.0)
             runtime.fill_history(context.scene)
         else:
             runtime.ensure_timer()
@@ -259,14 +258,6 @@ class SDI_OT_notify(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         self.report({self.level}, self.message)
         return {"FINISHED"}
-
-
-def _wait_for(condition: Any, c: ctl.Controller, timeout: float = 300.0) -> None:
-    """Background mode: poll the controller until ``condition()`` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-        c.poll()
 
 
 CLASSES = (SDI_OT_generate, SDI_OT_continue_job, SDI_OT_reexport, SDI_OT_cancel, SDI_OT_server_start,

@@ -58,7 +58,7 @@ def submit(view: ctl.JobView, kind: str, **fields: Any) -> Report | None:
         ensure_timer()
         return None
     reports: list[Report] = []
-    ctl.wait(c, lambda outcome: reports.append(apply(outcome)) if outcome else None)
+    ctl.wait_until(c, lambda: not c.running, lambda outcome: reports.append(apply(outcome)))
     return reports[-1] if reports else ("ERROR", "the job did not end in time")
 
 

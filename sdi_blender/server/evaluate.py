@@ -69,8 +69,7 @@ class RunEval:
 
 def load_renderer(run: Path, device: torch.device) -> tuple[VolumeRenderer, TrainConfig, int, dict]:
     """The run's field, background and occupancy grid at its checkpoint, ready to render."""
-    field_, config, step = load_field(run, device)
-    state = torch.load(run / run_dir.CHECKPOINT, map_location="cpu", weights_only=False)
+    field_, config, step, state = load_field(run, device)
     background = EnvironmentBackground(config.background)
     background.load_state_dict(state["background"])
     renderer = VolumeRenderer(field_, background, config.field.radius, config.renderer, config.shading)

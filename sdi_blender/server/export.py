@@ -77,8 +77,9 @@ class ExportResult:
     info: dict
 
 
-def load_field(run: Path, device: torch.device) -> tuple[ImplicitVolume, TrainConfig, int]:
-    """The run's field at its last checkpoint, with the hash-grid levels it had reached."""
+def load_field(run: Path, device: torch.device) -> tuple[ImplicitVolume, TrainConfig, int, dict]:
+    """The run's field at its last checkpoint, with the hash-grid levels it had reached; also
+    the config, the step and the whole checkpoint (for its background and occupancy grid)."""
     if not (run / run_dir.CONFIG).is_file() or not (run / run_dir.CHECKPOINT).is_file():
         raise UserError(f"'{run}' has no checkpoint to export",
                         hint="run sdi-blender generate first, or check the folder")
@@ -91,7 +92,7 @@ def load_field(run: Path, device: torch.device) -> tuple[ImplicitVolume, TrainCo
         raise UserError(f"cannot load the checkpoint in '{run}': {exc}") from exc
     step = int(state["step"])
     field.set_step(config.paper_step(step))
-    return field.to(device).eval(), config, step
+    return field.to(device).eval(), config, step, state
 
 
 def _albedo_fn(field: ImplicitVolume, device: torch.device, chunk: int = 1 << 16):
@@ -111,7 +112,7 @@ def export_run(run: Path, settings: ExportSettings, device: str = "auto",
     progress = progress or (lambda stage, frac: None)
     dev = resolve_device(device)
     t0 = time.perf_counter()
-    field, config, step = load_field(run, dev)
+    field, config, step, _ = load_field(run, dev)
     progress("load", 1.0)
     mesh, mesh_info = build_mesh(lambda x: field.density(x), MeshSettings(
         resolution=settings.resolution, threshold=settings.threshold, faces=settings.faces,
