@@ -128,3 +128,45 @@ def test_schedules_read_from_json_compare_equal():
     assert back == w and isinstance(back.sparsity, tuple)
     with pytest.raises(ValueError):
         LossWeights(convex=(0, 1.0, 4000))
+
+
+class _Fog(torch.nn.Module):
+    """Constant density ``sigma`` inside the ball of radius 0.5: a semi-transparent object."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = torch.nn.Parameter(torch.tensor(sigma))
+
+    def density(self, x):
+        return self.sigma * (x.norm(dim=-1) < 0.5).to(x)
+
+    def forward(self, x, with_normals=False):
+        from types import SimpleNamespace
+
+        normal = torch.nn.functional.normalize(x, dim=-1)
+        return SimpleNamespace(density=self.density(x), albedo=torch.ones_like(x) * 0.5, normal=normal)
+
+
+def test_rendered_z_variance_is_normalised_by_opacity():
+    """The official z-variance: depth variance *given a hit* (weights / opacity), so a
+    semi-transparent ray's value is that of its depth distribution, not 100× larger."""
+    from sdi_blender.server.cameras import orbit_cameras
+    from sdi_blender.server.renderer import RendererConfig, VolumeRenderer
+
+    sigma = 0.916  # opacity 1 − e^(−σ·1) ≈ 0.6 through the centre
+    renderer = VolumeRenderer(_Fog(sigma), lambda d: torch.zeros_like(d), 1.0,
+                              RendererConfig(num_samples_per_ray=2048, occupancy_grid=False))
+    cams = orbit_cameras(torch.zeros(1), torch.zeros(1), 2.0, 10.0, 9, 9)
+    with torch.no_grad():
+        out = renderer(cams, "albedo")
+    opacity, z_var = out.opacity[0, 4, 4, 0], out.z_variance[0, 4, 4, 0]
+    # The hit depth s ∈ [0, 1] into the ball has density σe^(−σs)/(1 − e^(−σ)): its variance.
+    s = torch.linspace(0, 1, 200001, dtype=torch.float64)
+    p = torch.exp(-sigma * s)
+    p /= p.sum()
+    mean = (p * s).sum()
+    expected = (p * (s - mean) ** 2).sum()
+    assert abs(opacity - 0.6) < 0.01
+    assert abs(z_var - expected) < 0.02 * expected, (float(z_var), float(expected))
+    # and the loss (opaque rays only) sees exactly that value on the centre ray
+    assert reg.z_variance_loss(out.z_variance[:, 4:5, 4:5], out.opacity[:, 4:5, 4:5]) == z_var

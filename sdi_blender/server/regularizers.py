@@ -88,7 +88,8 @@ def opacity_loss(opacity: Tensor, eps: float = 1e-3) -> Tensor:
 def z_variance_loss(z_variance: Tensor, opacity: Tensor) -> Tensor:
     """HiFA's z-variance loss (Zhu et al. 2023): mean depth variance of opaque rays.
 
-    ``z_variance`` is Σ wᵢ (tᵢ − depth)² per ray; only rays with opacity > 0.5 count, and
+    ``z_variance`` is the renderer's Σ ŵᵢ (tᵢ − Σ ŵⱼ tⱼ)² per ray, with the weights normalised
+    by the ray's opacity (ŵ = w / opacity, the official form); only rays with opacity > 0.5 count, and
     the loss is 0 (still differentiable) when there are none.
     """
     mask = (opacity > 0.5).to(z_variance.dtype)

@@ -60,7 +60,7 @@ class RenderOutput:
     depth: Tensor
     """Expected ray distance Σ wᵢ tᵢ (unnormalised by opacity)."""
     z_variance: Tensor
-    """Σ wᵢ (tᵢ − depth)², HiFA's depth variance."""
+    """Σ ŵᵢ (tᵢ − Σ ŵⱼ tⱼ)² with ŵ = w / opacity: HiFA's depth variance given a hit."""
     normal: Tensor
     """World normals as (n + 1)/2 · opacity, for display and the convexity loss."""
     orient: Tensor
@@ -182,7 +182,7 @@ class VolumeRenderer(nn.Module):
         normal = out.normal.reshape(*shape, 3)
         colour = shade(out.albedo, out.normal, positions.reshape(-1, 3),
                        ray_of(lights).reshape(-1, 3), shading, self.shading).reshape(*shape, 3)
-        packed = {"ray_indices": ray_idx, "n_rays": n_rays} if ray_idx is not None else {}
+        packed = _packed(ray_idx, n_rays)
         weights, _, _ = nerfacc.render_weight_from_density(t0, t1, density, **packed)
 
         def acc(values: Tensor | None, w: Tensor = weights) -> Tensor:
@@ -190,12 +190,32 @@ class VolumeRenderer(nn.Module):
 
         opacity = acc(None)
         depth = acc(t_mid[..., None])
-        depth_of = depth[:, None] if ray_idx is None else depth[ray_idx]
-        z_var = acc((t_mid[..., None] - depth_of) ** 2)
+        z_var = acc(*_z_variance_terms(weights, t_mid, opacity, ray_idx))
         comp_normal = (F.normalize(acc(normal), dim=-1) + 1) / 2 * opacity
         facing = (normal * ray_of(dirs)).sum(-1, keepdim=True).clamp_min(0) ** 2
         orient = acc(facing, weights.detach())
         return torch.cat([acc(colour), opacity, depth, z_var, comp_normal, orient], dim=-1)
+
+
+def _z_variance_terms(weights: Tensor, t_mid: Tensor, opacity: Tensor,
+                      ray_idx: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(values, weights) whose accumulation is HiFA's depth variance as the official SDI renderer.
+
+    The weights are normalised by the ray's opacity first, so the variance is that of the
+    depth distribution *given* a hit, about its normalised mean Σ ŵᵢ tᵢ. Unnormalised
+    (Σ wᵢ (tᵢ − Σ wᵢ tᵢ)²), a semi-transparent ray's "mean" sits in front of the surface and
+    its variance is 100-500× larger, pulling surfaces toward the camera.
+    """
+    per_sample = (lambda v: v[:, None]) if ray_idx is None else (lambda v: v[ray_idx])
+    w_norm = weights / per_sample(opacity[..., 0]).clamp_min(1e-5)
+    sample_t = t_mid[..., None]
+    mean = nerfacc.accumulate_along_rays(w_norm, sample_t, **_packed(ray_idx, opacity.shape[0]))
+    return (sample_t - per_sample(mean)) ** 2, w_norm
+
+
+def _packed(ray_idx: Tensor | None, n_rays: int) -> dict:
+    """nerfacc's keyword arguments for packed samples (none for dense [R, N] ones)."""
+    return {"ray_indices": ray_idx, "n_rays": n_rays} if ray_idx is not None else {}
 
 
 @torch.no_grad()
