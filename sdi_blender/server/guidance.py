@@ -5,10 +5,10 @@ diffusion model that implements :class:`NoisePredictor` - Stable Diffusion
 (:mod:`sdi_blender.server.prior`) or an analytic toy model in the tests.
 
 Notation follows DDIM (Song et al. 2021): ``ᾱ_t`` is ``alphas_cumprod[t]``;
-``x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε``. A noise predictor returns the classifier-free-guided
-``ε̂ = ε_uncond + s·(ε_cond - ε_uncond)`` (the diffusers convention; the official SDI code
-writes the Perp-Neg path the same way, its plain-CFG path as ``ε_cond + s·(ε_cond - ε_uncond)``,
-i.e. an effective scale of ``s + 1``). Timesteps are integers in ``[0, T)``; the
+``x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε``. A noise predictor returns the classifier-free-guided ε̂ at
+scale s in its own convention (the priors follow the official SDI code: Perp-Neg
+``ε_u + s·e_pos``, plain CFG ``ε_c + s·(ε_c − ε_u)``; see
+:func:`~sdi_blender.server.prompts.guided_noise`). Timesteps are integers in ``[0, T)``; the
 sentinel :data:`CLEAN` (``-1``) stands for the noise-free end of a trajectory, ``ᾱ = 1``.
 """
 
@@ -37,7 +37,7 @@ class NoisePredictor(Protocol):
     """1-D ᾱ_t, length T (1000 for Stable Diffusion)."""
 
     def predict_noise(self, x_t: Tensor, t: Tensor, guidance_scale: float) -> Tensor:
-        """Guided ε̂ = ε_uncond + s·(ε_cond − ε_uncond) for x_t at timesteps t (int64, shape [B])."""
+        """Guided ε̂ at scale s for x_t [B, C, H, W] at timesteps t (int64, shape [B])."""
         ...
 
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..errors import ModelUnavailable, UserError
 from .model_source import DEFAULT_MODEL, resolve_model_source
-from .prompts import PromptOptions, direction_index, perp_neg_mix, perpendicular_component, view_prompts
+from .prompts import PromptOptions, direction_index, guided_noise, perp_neg_mix, view_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -294,7 +294,8 @@ class StableDiffusionPrior:
 
 
 class GuidedPredictor:
-    """Classifier-free guidance for one prompt and batch of cameras (a ``NoisePredictor``).
+    """Classifier-free guidance for one prompt and batch of cameras (a ``NoisePredictor``),
+    in the official conventions (:func:`~sdi_blender.server.prompts.guided_noise`).
 
     All prompt variants go through the UNet in a single batched call: [cond, uncond]
     for plain CFG, [cond, uncond, neg₁, neg₂] with Perp-Neg.
@@ -335,9 +336,4 @@ class GuidedPredictor:
                              "this predictor was made for")
         eps = self.prior.unet_eps(torch.cat([x_t] * k), torch.cat([t] * k), text).float()
         eps_cond, eps_uncond, *eps_negs = eps.chunk(k)
-        e_pos = eps_cond - eps_uncond
-        if self.neg_weights is not None:  # Perp-Neg (Armandpour et al. 2023, eq. 8)
-            for i, eps_neg in enumerate(eps_negs):
-                w = self.neg_weights[:, i].view(-1, 1, 1, 1)
-                e_pos = e_pos + w * perpendicular_component(eps_neg - eps_uncond, eps_cond - eps_uncond)
-        return (eps_uncond + guidance_scale * e_pos).to(x_t.dtype)
+        return guided_noise(eps_cond, eps_uncond, guidance_scale, eps_negs, self.neg_weights).to(x_t.dtype)

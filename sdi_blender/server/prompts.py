@@ -107,3 +107,25 @@ def perpendicular_component(x: Tensor, y: Tensor) -> Tensor:
     dims = tuple(range(1, x.dim()))
     scale = (x * y).sum(dims, keepdim=True) / (y * y).sum(dims, keepdim=True).clamp_min(1e-6)
     return x - scale * y
+
+
+def guided_noise(eps_cond: Tensor, eps_uncond: Tensor, scale: float,
+                 eps_negs: list[Tensor] | None = None, neg_weights: Tensor | None = None) -> Tensor:
+    """Classifier-free guidance in the official SDI implementation's two conventions.
+
+    * Perp-Neg (``neg_weights`` [B, K] given, one ε per negative in ``eps_negs``):
+      ε_u + s·(e_pos + Σₖ wₖ·⊥(ε_negₖ − ε_u, e_pos)) with e_pos = ε_c − ε_u
+      (Armandpour et al. 2023, eq. 8; the diffusers convention).
+    * Plain CFG: ε_c + s·(ε_c − ε_u), i.e. ε_u + (s + 1)·(ε_c − ε_u): the official 2D
+      experiment and its no-Perp-Neg 3D path, so s = 7.5 acts as 8.5 and the inversion's
+      −7.5 as −6.5 (``docs/algorithm.md``).
+
+    All tensors are [B, C, H, W].
+    """
+    if neg_weights is None:
+        return eps_cond + scale * (eps_cond - eps_uncond)
+    e_pos = eps_cond - eps_uncond
+    for i, eps_neg in enumerate(eps_negs or []):
+        w = neg_weights[:, i].view(-1, 1, 1, 1).to(e_pos)
+        e_pos = e_pos + w * perpendicular_component(eps_neg - eps_uncond, eps_cond - eps_uncond)
+    return eps_uncond + scale * e_pos
