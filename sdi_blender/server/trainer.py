@@ -12,7 +12,9 @@ progress is reported once they have arrived - on CUDA usually after the same ste
 two steps late; on CPU at once. The NaN/inf check runs on every step's values as they arrive,
 so it names the exact step, but the weights may already have taken that step's update (and
 on CUDA up to two more); every checkpoint first waits for all values and checks them, so a
-checkpoint never holds weights updated from a non-finite loss.
+checkpoint never holds weights updated from a non-finite loss. With an fp16 prior the loss is
+scaled dynamically (:mod:`~sdi_blender.server.loss_scaling`): a step whose gradients overflow
+is skipped and the scale lowered, without stopping the run.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from .cameras import Cameras, sample_cameras, turntable_cameras
 from .field import EnvironmentBackground, ImplicitVolume
 from .guidance import ScoreDistillation, annealed_timestep
 from .images import to_pil
-from .prior import StableDiffusionPrior, resolve_device, to_device
+from .loss_scaling import make_adam, make_scaler
+from .prior import resolve_device, to_device
+from .priors import Prior, load_prior
 from .prompts import PromptOptions
 from .renderer import VolumeRenderer, as_image, render_views
 from .shading import pick_shading
@@ -125,14 +129,14 @@ class Trainer:
     ``timer`` (benchmarks) times the stages of each step; by default nothing is timed.
     """
 
-    def __init__(self, config: TrainConfig, run: Path, *, prior: StableDiffusionPrior | None = None,
+    def __init__(self, config: TrainConfig, run: Path, *, prior: Prior | None = None,
                  device: str = "auto", callbacks: TrainerCallbacks | None = None,
                  resume: bool = False, timer: StepTimer | None = None) -> None:
         config.validate()
         self.config, self.run_path = config, Path(run)
         self.callbacks = callbacks or TrainerCallbacks()
         self.device = prior.device if prior is not None else resolve_device(device)
-        self.prior = prior or StableDiffusionPrior(config.model, device=self.device)
+        self.prior = prior or load_prior(config.model, device=self.device)
         self.prior.apply_speed(config.speed)
         self.timer = timer
         self._stage = timer.stage if timer is not None else no_stage
@@ -143,10 +147,11 @@ class Trainer:
         self.background = EnvironmentBackground(config.background).to(self.device)
         self.renderer = VolumeRenderer(self.field, self.background, config.field.radius,
                                        config.renderer, config.shading).to(self.device)
-        self.optimizer = torch.optim.Adam(
+        self.scaler = make_scaler(self.device, self.prior.dtype)
+        self.optimizer = make_adam(
             [{"params": self.field.parameters(), "lr": config.lr},
              {"params": self.background.parameters(), "lr": config.background_lr}],
-            betas=config.betas, eps=config.eps)
+            self.scaler, betas=config.betas, eps=config.eps)
         self.gen_cpu = torch.Generator().manual_seed(config.seed)
         self.gen_dev = (self.gen_cpu if self.device.type == "cpu"
                         else torch.Generator(self.device).manual_seed(config.seed))
@@ -220,11 +225,12 @@ class Trainer:
             t, terms = self.train_step()
             self._losses.push(self.step + 1, t, terms)
             self.optimizer.zero_grad(set_to_none=True)
-            terms["total"].backward()
+            self.scaler.scale(terms["total"]).backward()
             if self.timer is not None:
                 self.timer.end("render_backward")
             with self._stage("update"):
-                self.optimizer.step()
+                self.scaler.step(self.optimizer)  # skipped if any gradient is inf/NaN
+                self.scaler.update()
         self.step += 1
         return t
 
@@ -302,7 +308,8 @@ class Trainer:
             "format": CHECKPOINT_FORMAT, "step": self.step, "config": json.loads(self.config.to_json()),
             "field": self.field.state_dict(), "background": self.background.state_dict(),
             "renderer": self.renderer.estimator.state_dict() if self.renderer.estimator else None,
-            "optimizer": self.optimizer.state_dict(), "history": self.history,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "history": self.history,
             "gen_cpu": self.gen_cpu.get_state(), "gen_dev": self.gen_dev.get_state(),
         }
         buf = io.BytesIO()
@@ -335,6 +342,8 @@ class Trainer:
             if self.renderer.estimator is not None and state["renderer"] is not None:
                 self.renderer.estimator.load_state_dict(state["renderer"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):  # absent in older checkpoints, empty from an fp32 run
+                self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise UserError(f"checkpoint '{path}' does not match the run's config: {exc}") from exc
         self.step = self.saved_step = int(state["step"])
