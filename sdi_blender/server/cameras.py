@@ -7,6 +7,11 @@ of the view-dependent prompts - so the object's front faces +X; azimuth 90 looks
 Camera axes follow OpenGL: +x right, +y up, looking along −z; ``c2w`` holds the columns
 right, up, back (= −forward) and position. Seen from +X, world +Y is on the right of the
 image and +Z at the top. Elevation must stay inside (−90°, 90°), where "right" is defined.
+
+Training cameras are augmented like the official data module's: the position, the look-at
+centre and the up vector are jittered (:func:`perturb_pose`), while ``elevation_deg`` and
+``azimuth_deg`` keep the unperturbed angles, which select the view-dependent prompt.
+Evaluation cameras (:func:`orbit_cameras`, :func:`turntable_cameras`) are never jittered.
 """
 
 from __future__ import annotations
@@ -27,13 +32,27 @@ class CameraConfig:
     fovy_range: tuple[float, float] = (40.0, 70.0)
     """Vertical field of view in degrees, sampled uniformly."""
     elevation_range: tuple[float, float] = (-10.0, 45.0)
-    """Elevation above the XY plane in degrees, sampled uniformly."""
+    """Elevation above the XY plane in degrees, sampled uniformly (but see
+    ``sphere_elevation_prob``)."""
     azimuth_range: tuple[float, float] = (-180.0, 180.0)
     """Azimuth around +Z in degrees (0 = on +X), sampled uniformly."""
     light_distance_range: tuple[float, float] = (0.8, 1.5)
     """Distance of the point light from the origin (DreamFusion's light sampling)."""
     light_position_perturb: float = 1.0
-    """Std of the Gaussian added to the camera position before taking the light's direction."""
+    """Std of the Gaussian added to the (perturbed) camera position before taking the light's
+    direction."""
+    camera_perturb: float = 0.1
+    """Each training camera's position moves by U(−camera_perturb, camera_perturb) per axis."""
+    center_perturb: float = 0.2
+    """Std of the Gaussian offset, per axis, of the point a training camera looks at (the
+    origin before the offset)."""
+    up_perturb: float = 0.02
+    """Std of the Gaussian offset, per axis, of a training camera's up vector (+Z before it)."""
+    sphere_elevation_prob: float = 0.5
+    """Probability that a batch's elevations are drawn uniform on the sphere rather than
+    uniform in degrees. As in the official code, "on the sphere" means sin ε uniform in
+    [ε_min/90, ε_max/90] (ε = asin(2u − 1), u uniform in [(ε_min + 90)/180, (ε_max + 90)/180]),
+    so those elevations span asin(ε_min/90) … asin(ε_max/90): −6.4° … 30° by default."""
     eval_distance: float = 2.0
     """Distance of the evaluation (preview and turntable) cameras."""
     eval_fovy: float = 70.0
@@ -51,11 +70,11 @@ class Cameras:
     fovy_deg: Tensor
     """[B] vertical field of view in degrees."""
     elevation_deg: Tensor
-    """[B] elevation in degrees (selects the view-dependent prompt)."""
+    """[B] elevation in degrees before any perturbation (selects the view-dependent prompt)."""
     azimuth_deg: Tensor
-    """[B] azimuth in degrees (selects the view-dependent prompt)."""
+    """[B] azimuth in degrees before any perturbation (selects the view-dependent prompt)."""
     distance: Tensor
-    """[B] distance from the origin."""
+    """[B] distance from the origin before any perturbation."""
     light_positions: Tensor
     """[B, 3] world position of each camera's point light."""
     width: int
@@ -96,11 +115,14 @@ def _as_batch(value: Tensor | float, like: Tensor) -> Tensor:
     return torch.as_tensor(value, dtype=like.dtype, device=like.device).expand_as(like).clone()
 
 
-def look_at_origin(position: Tensor) -> Tensor:
-    """[B, 4, 4] c2w for cameras at ``position`` [B, 3] looking at the origin with up +Z."""
-    forward = F.normalize(-position, dim=-1)
-    up_world = torch.tensor([0.0, 0.0, 1.0], dtype=position.dtype, device=position.device)
-    right = F.normalize(torch.linalg.cross(forward, up_world.expand_as(forward), dim=-1), dim=-1)
+def look_at(position: Tensor, centre: Tensor | None = None, up: Tensor | None = None) -> Tensor:
+    """[B, 4, 4] c2w for cameras at ``position`` [B, 3] looking at ``centre`` [B, 3] (default
+    the origin); ``up`` [B, 3] (default +Z) need be neither unit nor orthogonal to the view."""
+    centre = torch.zeros_like(position) if centre is None else centre
+    if up is None:
+        up = position.new_tensor([0.0, 0.0, 1.0]).expand_as(position)
+    forward = F.normalize(centre - position, dim=-1)
+    right = F.normalize(torch.linalg.cross(forward, up, dim=-1), dim=-1)
     up = torch.linalg.cross(right, forward, dim=-1)
     c2w = torch.eye(4, dtype=position.dtype, device=position.device).repeat(position.shape[0], 1, 1)
     c2w[:, :3, :3] = torch.stack([right, up, -forward], dim=-1)
@@ -122,7 +144,7 @@ def orbit_cameras(elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor |
     azimuth_deg = torch.as_tensor(azimuth_deg, dtype=elevation_deg.dtype).reshape(-1)
     distance = _as_batch(distance, elevation_deg)
     position = spherical_position(elevation_deg, azimuth_deg, distance)
-    return Cameras(c2w=look_at_origin(position), fovy_deg=_as_batch(fovy_deg, elevation_deg),
+    return Cameras(c2w=look_at(position), fovy_deg=_as_batch(fovy_deg, elevation_deg),
                    elevation_deg=elevation_deg, azimuth_deg=azimuth_deg, distance=distance,
                    light_positions=position.clone(), width=width, height=height)
 
@@ -139,23 +161,52 @@ def _uniform(bounds: tuple[float, float], batch: int, generator: torch.Generator
     return lo + (hi - lo) * torch.rand(batch, generator=generator)
 
 
+def _elevations(cfg: CameraConfig, batch: int, generator: torch.Generator | None) -> Tensor:
+    """[B] elevations in degrees: uniform in degrees, or (one draw for the whole batch, with
+    probability ``cfg.sphere_elevation_prob``) uniform on the sphere by inverse transform."""
+    on_sphere = torch.rand((), generator=generator) < cfg.sphere_elevation_prob
+    if on_sphere:
+        lo, hi = cfg.elevation_range
+        u = _uniform(((lo + 90.0) / 180.0, (hi + 90.0) / 180.0), batch, generator)
+        return torch.rad2deg(torch.asin(2 * u - 1))
+    return _uniform(cfg.elevation_range, batch, generator)
+
+
+def perturb_pose(position: Tensor, cfg: CameraConfig,
+                 generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The official data module's pose augmentation of orbit positions [B, 3].
+
+    Returns the jittered position (+ U(−camera_perturb, camera_perturb) per axis), the look-at
+    centre (origin + N(0, center_perturb²)) and the up vector (+Z + N(0, up_perturb²)), each
+    [B, 3], for :func:`look_at`.
+    """
+    batch = position.shape[0]
+    shift = (torch.rand(batch, 3, generator=generator) * 2 - 1) * cfg.camera_perturb
+    centre = torch.randn(batch, 3, generator=generator) * cfg.center_perturb
+    up = torch.tensor([0.0, 0.0, 1.0]) + torch.randn(batch, 3, generator=generator) * cfg.up_perturb
+    return position + shift, centre, up
+
+
 def sample_cameras(cfg: CameraConfig, batch: int, width: int, height: int,
                    generator: torch.Generator | None = None) -> Cameras:
-    """Random training cameras (every range uniform) with DreamFusion-style point lights.
+    """Random training cameras, augmented (:func:`perturb_pose`), with DreamFusion-style lights.
 
     DreamFusion (Poole et al. 2022, Sec. 3.1 / App. A.2) places the light near the camera so
-    that shading reveals geometry: its direction is the camera position plus Gaussian noise,
-    its distance from the origin drawn separately. All draws come from ``generator`` (CPU).
+    that shading reveals geometry: its direction is the (perturbed) camera position plus
+    Gaussian noise, its distance from the origin drawn separately. All draws come from
+    ``generator`` (CPU), none from torch's global generator.
     """
     distance = _uniform(cfg.distance_range, batch, generator)
     fovy = _uniform(cfg.fovy_range, batch, generator)
-    elevation = _uniform(cfg.elevation_range, batch, generator)
+    elevation = _elevations(cfg, batch, generator)
     azimuth = _uniform(cfg.azimuth_range, batch, generator)
-    cams = orbit_cameras(elevation, azimuth, distance, fovy, width, height)
+    position, centre, up = perturb_pose(spherical_position(elevation, azimuth, distance), cfg, generator)
     noise = torch.randn(batch, 3, generator=generator) * cfg.light_position_perturb
-    direction = F.normalize(cams.position + noise, dim=-1)
-    cams.light_positions = direction * _uniform(cfg.light_distance_range, batch, generator)[:, None]
-    return cams
+    direction = F.normalize(position + noise, dim=-1)
+    lights = direction * _uniform(cfg.light_distance_range, batch, generator)[:, None]
+    return Cameras(c2w=look_at(position, centre, up), fovy_deg=fovy, elevation_deg=elevation,
+                   azimuth_deg=azimuth, distance=distance, light_positions=lights,
+                   width=width, height=height)
 
 
 def focal_length(cams: Cameras) -> Tensor:
