@@ -129,3 +129,36 @@ def test_occupancy_grid_update_marks_the_ball(monkeypatch):
     centre = res // 2
     assert occupied[centre - 1:centre + 1, centre - 1:centre + 1, centre - 1:centre + 1].all()
     assert not occupied[0, 0, 0] and occupied.float().mean() < 0.1
+
+
+class _RecordingEstimator(nn.Module):
+    """Stands in for nerfacc's CUDA-only occupancy grid: records the arguments of its
+    ``sampling`` call and returns three packed samples, two on ray 0 and one on ray 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def sampling(self, rays_o, rays_d, **kwargs):
+        self.calls.append(kwargs)
+        t0 = torch.tensor([0.2, 1.45, 1.8])
+        return torch.tensor([0, 0, 2]), t0, t0 + 0.2
+
+
+def test_grid_sampling_passes_the_field_density_and_the_official_thresholds(monkeypatch):
+    r = _renderer(samples=64)
+    r.estimator = _RecordingEstimator()
+    monkeypatch.setattr(r, "uses_grid", lambda device: True)
+    origins = torch.tensor([[2.0, 0.0, 0.0], [2.0, 3.0, 0.0], [0.0, 2.0, 0.0]])
+    dirs = torch.tensor([[-1.0, 0.0, 0.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    t0, t1, ray_idx = r._samples(origins, dirs, stratified=True)
+    (kw,) = r.estimator.calls
+    assert kw["alpha_thre"] == 0.01 and kw["early_stop_eps"] == 1e-4
+    assert kw["stratified"] is True and kw["render_step_size"] == pytest.approx(r.step_size)
+    torch.testing.assert_close(ray_idx, torch.tensor([0, 0, 2]))
+    sigma = kw["sigma_fn"](t0, t1, ray_idx)
+    mid = origins[ray_idx] + dirs[ray_idx] * ((t0 + t1) / 2)[:, None]
+    torch.testing.assert_close(sigma, r.field.density(mid).detach())
+    # At the midpoints (not the starts): outside, just inside and inside the ball of radius 0.5.
+    torch.testing.assert_close(sigma, torch.tensor([0.0, 200.0, 200.0]), atol=0.5, rtol=0)
+    assert not sigma.requires_grad  # the sampler's density costs no autograd graph

@@ -6,8 +6,10 @@ shaded (:mod:`~sdi_blender.server.shading`) and composited with nerfacc's
 volume-rendering functions over the learned environment-map background.
 
 Sampling: on CUDA nerfacc's occupancy-grid estimator skips empty space (its ray
-marching is a CUDA kernel); elsewhere every ray gets ``num_samples_per_ray`` uniform
-(stratified while training) samples between its entry into and exit from the box.
+marching is a CUDA kernel) and, as the official renderer does, evaluates the field's density
+at the marched samples to drop the nearly transparent ones and those behind an opaque
+surface; elsewhere every ray gets ``num_samples_per_ray`` uniform (stratified while
+training) samples between its entry into and exit from the box.
 Memory: rays are rendered in chunks; with gradients on, each chunk is recomputed during
 the backward pass (gradient checkpointing), so a 512×512 render with 512 samples per
 ray never holds the whole batch's per-sample intermediates at once.
@@ -47,6 +49,11 @@ class RendererConfig:
     """Steps between occupancy-grid updates."""
     grid_threshold: float = 0.01
     """Opacity (density × step) below which a cell counts as empty."""
+    alpha_thre: float = 0.01
+    """Grid sampler: samples whose alpha (1 − exp(−density × step)) is below this are dropped
+    (nerfacc caps it at the grid's mean occupancy)."""
+    early_stop_eps: float = 1e-4
+    """Grid sampler: a ray's samples end once its transmittance falls below this."""
 
 
 @dataclass
@@ -153,9 +160,16 @@ class VolumeRenderer(nn.Module):
         """
         near, far = ray_box_interval(origins, dirs, self.radius)
         if self.uses_grid(origins.device):
+            @torch.no_grad()
+            def sigma_fn(t0: Tensor, t1: Tensor, ray_idx: Tensor) -> Tensor:
+                """[S] density at the midpoints of packed samples (for the thresholds)."""
+                return self.field.density(origins[ray_idx] + dirs[ray_idx] * ((t0 + t1) / 2)[:, None])
+
+            cfg = self.config
             ray_idx, t0, t1 = self.estimator.sampling(
-                origins, dirs, t_min=near, t_max=far, render_step_size=self.step_size,
-                stratified=stratified, early_stop_eps=0.0, alpha_thre=0.0)
+                origins, dirs, sigma_fn=sigma_fn, t_min=near, t_max=far,
+                render_step_size=self.step_size, stratified=stratified,
+                alpha_thre=cfg.alpha_thre, early_stop_eps=cfg.early_stop_eps)
             return t0, t1, ray_idx
         n = self.config.num_samples_per_ray
         edges = torch.linspace(0.0, 1.0, n + 1, device=origins.device, dtype=origins.dtype)
