@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sdi_blender.server.cameras import orbit_cameras
-from sdi_blender.server.renderer import RendererConfig, VolumeRenderer, ray_box_interval
+from sdi_blender.server.renderer import RendererConfig, VolumeRenderer, ray_box_interval, render_views
 
 ALBEDO = (0.2, 0.4, 0.6)
 BACKGROUND = (0.9, 0.1, 0.1)
@@ -162,3 +162,15 @@ def test_grid_sampling_passes_the_field_density_and_the_official_thresholds(monk
     # At the midpoints (not the starts): outside, just inside and inside the ball of radius 0.5.
     torch.testing.assert_close(sigma, torch.tensor([0.0, 200.0, 200.0]), atol=0.5, rtol=0)
     assert not sigma.requires_grad  # the sampler's density costs no autograd graph
+
+
+def test_views_for_previews_and_evaluation_show_the_albedo_only():
+    r = _renderer(samples=64)
+    cams = orbit_cameras(torch.tensor([0.0, 20.0]), torch.tensor([0.0, 90.0]), 2.0, 40.0, 17, 17)
+    cams.light_positions = -cams.light_positions  # lit from behind: shading would darken the ball
+    views = render_views(r, cams)
+    with torch.no_grad():
+        for i, view in enumerate(views):
+            albedo, lit = r(cams.index(i), "albedo"), r(cams.index(i), "diffuse")
+            torch.testing.assert_close(view.rgb, albedo.rgb, rtol=0, atol=0)
+            assert (lit.rgb - albedo.rgb).abs().max() > 0.3

@@ -234,8 +234,9 @@ def _packed(ray_idx: Tensor | None, n_rays: int) -> dict:
 
 @torch.no_grad()
 def render_views(renderer: VolumeRenderer, cams: Cameras) -> list[RenderOutput]:
-    """Each camera rendered on its own (memory bounded by one view), diffuse shading."""
-    return [renderer(cams.index(i), "diffuse") for i in range(len(cams))]
+    """Each camera rendered on its own (memory bounded by one view) with the albedo only,
+    the official test renders' ambient-only shading (previews, turntables, evaluation)."""
+    return [renderer(cams.index(i), "albedo") for i in range(len(cams))]
 
 
 def as_image(out: RenderOutput) -> Tensor:

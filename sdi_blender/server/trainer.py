@@ -279,7 +279,7 @@ class Trainer:
     # -- images ---------------------------------------------------------------------------
     @torch.no_grad()
     def render_views(self, n: int, size: int) -> list[torch.Tensor]:
-        """n turntable views ([3, size, size] in [0, 1]) with diffuse shading."""
+        """n turntable views ([3, size, size] in [0, 1]), albedo only (see ``render_views``)."""
         cams = turntable_cameras(n, size, size, self.config.cameras).to(self.device)
         return [as_image(out) for out in render_views(self.renderer, cams)]
 
