@@ -1,7 +1,7 @@
 """GPU benchmark: the paper preset's training step against its work bound, and its peak memory.
 
 Builds Stable Diffusion 2.1-base's architecture (UNet, VAE, text encoder) with random weights
-from config - no download; the numbers are in ``shared/reference/sdi-algorithm.md`` - saves it
+from config - no download; the numbers are in ``docs/algorithm.md`` - saves it
 as a diffusers folder and loads it through the product's ``StableDiffusionPrior`` in fp16. Then:
 
 * **bare calls**, fp16, CUDA events: the UNet at the batch one step's calls use (4 prompt

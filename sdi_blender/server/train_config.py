@@ -1,6 +1,6 @@
 """The text-to-3D run's configuration: one dataclass tree, quality presets, JSON round trip.
 
-Defaults are the official SDI configuration (``../shared/reference/sdi-algorithm.md``).
+Defaults are the official SDI configuration (``docs/algorithm.md``).
 Schedules (ambient-only shading, progressive hash-grid levels, the regulariser ramps)
 are written for the paper's 10,000 steps and stretched to a run's ``schedule_steps``,
 so a short preset passes through the same phases.
