@@ -72,7 +72,7 @@ def build_tiny_clip(folder: Path) -> None:
 def resolve_clip_folder(model: str) -> str:
     """A local directory holding the CLIP ``model``: built (tiny), given, or fetched from the hub."""
     check_model_name(model, hint="give a CLIP model directory, a hub id such as "
-                                 f"{DEFAULT_CLIP}, or 'tiny'")
+                                 f"{DEFAULT_CLIP}, or 'tiny'", builtins=(TINY,))
     if model == TINY:
         return str(tiny_clip_path())
     path = Path(model).expanduser()

@@ -16,7 +16,8 @@ from .evaluate import evaluate, group_summary
 from .clip_metrics import DEFAULT_CLIP
 from .generate import GenerateRequest, run_generate
 from .model_source import DEFAULT_MODEL
-from .prior import StableDiffusionPrior, resolve_device
+from .prior import resolve_device
+from .priors import Prior, load_prior
 from .trainer import LossDiverged
 
 METHODS = ("sds", "sdi")
@@ -55,8 +56,8 @@ def run_compare(req: CompareRequest) -> Path:
             if _complete(run):
                 print(f"{run}: done already, kept", file=sys.stderr)
                 continue
-            prior = prior or StableDiffusionPrior(req.settings.get("model") or DEFAULT_MODEL,
-                                                  device=resolve_device(req.device))
+            prior = prior or load_prior(req.settings.get("model") or DEFAULT_MODEL,
+                                        device=resolve_device(req.device))
             _train(req, run, method, seed, prior)
     results = evaluate(runs, req.clip, req.views, req.size, resolve_device(req.device))
     write_report(results, group_summary(results), report,
@@ -70,7 +71,7 @@ def _complete(run: Path) -> bool:
     return state.get("status") in ("done", "failed") and (run / run_dir.CHECKPOINT).is_file()
 
 
-def _train(req: CompareRequest, run: Path, method: str, seed: int, prior: StableDiffusionPrior) -> None:
+def _train(req: CompareRequest, run: Path, method: str, seed: int, prior: Prior) -> None:
     settings = {**req.settings, "method": method, "seed": seed}
     gen = GenerateRequest(out=run, prompt=req.prompt, overwrite=True, device=req.device,
                           preset=req.preset, settings=settings)

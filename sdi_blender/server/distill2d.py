@@ -24,7 +24,8 @@ from .fileio import atomic_write
 from .guidance import METHODS, ScoreDistillation, annealed_timestep
 from .images import grid, label, side_by_side, to_pil, write_image_atomic
 from .model_source import DEFAULT_MODEL
-from .prior import StableDiffusionPrior, resolve_device
+from .prior import resolve_device
+from .priors import Prior, load_prior
 
 ProgressFn = Callable[[int, int, int, float], None]
 """progress(step, total, t, loss) after each optimisation step."""
@@ -98,14 +99,14 @@ def snapshot_steps(steps: int, frames: int) -> list[int]:
     return sorted({round((k + 1) * steps / n) - 1 for k in range(n)})
 
 
-def distill2d(cfg: Distill2DConfig, prior: StableDiffusionPrior,
+def distill2d(cfg: Distill2DConfig, prior: Prior,
               progress: ProgressFn | None = None) -> Distill2DResult:
     """Optimise one latent by score distillation towards the prompt."""
     cfg.validate(prior.alphas_cumprod.shape[0])
     start = time.perf_counter()
     gen = torch.Generator(prior.device).manual_seed(cfg.seed)
     size = prior.latent_size
-    latent = torch.randn((1, 4, size, size), generator=gen, device=prior.device).requires_grad_(True)
+    latent = torch.randn((1, prior.latent_channels, size, size), generator=gen, device=prior.device).requires_grad_(True)
     optimiser = torch.optim.Adam([latent], lr=cfg.lr)
     guidance = ScoreDistillation(prior.predictor(prior.encode_prompt(cfg.prompt, cfg.negative_prompt)),
                                  cfg.method, guidance_scale=cfg.guidance_scale, **cfg.inversion)
@@ -155,7 +156,7 @@ def run_distill2d(cfg: Distill2DConfig, out: Path, strip_out: Path, device: str 
     are scored as ``eval`` scores views (CLIP score, CLIP-IQA) into ``<out>_metrics.json``.
     """
     methods = ["sds", "sdi"] if compare else [cfg.method]
-    prior = StableDiffusionPrior(cfg.model, device=resolve_device(device))
+    prior = load_prior(cfg.model, device=resolve_device(device))
     results = []
     for method in methods:
         bar = StepBar(cfg.steps, label=method.upper())

@@ -26,6 +26,9 @@ from .clip_metrics import ClipJudge
 from .export import load_field
 from .field import EnvironmentBackground
 from .renderer import VolumeRenderer, as_image, render_views
+from .model_source import TOYWORLD
+from .toy_objects import toy_object
+from .toy_score import turntable_views, view_scores
 from .train_config import TrainConfig
 
 EMPTY_OPACITY = 0.005
@@ -49,6 +52,8 @@ class RunEval:
     opacity: list[float]
     diverged: str
     """Why the run counts as diverged; empty when it did not."""
+    truth: dict[str, float] = field(default_factory=dict)
+    """Toy-world runs only: PSNR and mask IoU of the views against the known object."""
     views: list[Tensor] = field(repr=False, default_factory=list)
     history: list[dict[str, float]] = field(repr=False, default_factory=list)
 
@@ -61,7 +66,7 @@ class RunEval:
         return {"run": str(self.run), "label": self.label, "prompt": self.prompt, "method": self.method,
                 "seed": self.seed, "step": self.step, "diverged": bool(self.diverged),
                 "diverged_reason": self.diverged, "clip_score": _mean(self.clip_score),
-                "clip_iqa": _mean(self.clip_iqa), "opacity": _mean(self.opacity),
+                "clip_iqa": _mean(self.clip_iqa), "opacity": _mean(self.opacity), **self.truth,
                 "views": [{"view": i, "azimuth_deg": 360.0 * i / len(self.views), "clip_score": c,
                            "clip_iqa": q, "opacity": o}
                           for i, (c, q, o) in enumerate(zip(self.clip_score, self.clip_iqa, self.opacity))]}
@@ -89,10 +94,19 @@ def evaluate_run(run: Path, judge: ClipJudge, views: int, size: int, device: tor
     opacity = [float(out.opacity.mean()) for out in outs]
     batch = torch.stack(images)
     history = list(state.get("history", []))
-    return RunEval(run=run, prompt=config.prompt, method=config.method, seed=config.seed, step=step,
+    truth = _toy_truth(config, views, outs, batch) if config.model == TOYWORLD else {}
+    return RunEval(truth=truth, run=run, prompt=config.prompt, method=config.method, seed=config.seed, step=step,
                    clip_score=judge.clip_score(batch, config.prompt).tolist(),
                    clip_iqa=judge.clip_iqa(batch).tolist(), opacity=opacity,
                    diverged=divergence(run, renderer, opacity, history), views=images, history=history)
+
+
+def _toy_truth(config: TrainConfig, n: int, outs: list, batch: Tensor) -> dict[str, float]:
+    """PSNR and mask IoU of a toy-world run's views against the ground-truth renderer's."""
+    cams = config.cameras
+    views = turntable_views(n, cams.eval_elevation, cams.eval_distance, cams.eval_fovy)
+    opacity = torch.stack([out.opacity[0, :, :, 0].float().cpu() for out in outs])
+    return view_scores(toy_object(config.prompt), views, batch, opacity)
 
 
 def _stopped_before_checkpoint(run: Path, views: int, size: int) -> RunEval:
@@ -160,7 +174,8 @@ def group_summary(results: Sequence[RunEval]) -> list[dict[str, Any]]:
         out.append({"prompt": prompt, "method": method, "runs": len(members),
                     "diverged": len(members) - len(ok), "diverged_share": 1 - len(ok) / len(members),
                     "clip_score": _mean([v for r in ok for v in r.clip_score]),
-                    "clip_iqa": _mean([v for r in ok for v in r.clip_iqa])})
+                    "clip_iqa": _mean([v for r in ok for v in r.clip_iqa]),
+                    **{k: _mean([r.truth[k] for r in ok]) for k in (ok[0].truth if ok else {})}})
     return out
 
 

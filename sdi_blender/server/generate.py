@@ -15,7 +15,8 @@ from typing import Any
 from ..errors import UserError
 from . import run_dir
 from .console import StepBar
-from .prior import StableDiffusionPrior, resolve_device
+from .prior import resolve_device
+from .priors import Prior, load_prior
 from .train_config import TrainConfig, make_config
 from .trainer import Progress, RunResult, Trainer, TrainerCallbacks
 
@@ -100,13 +101,13 @@ class _CancelOnInterrupt:
         print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
 
 
-def run_generate(req: GenerateRequest, prior: StableDiffusionPrior | None = None) -> RunResult:
+def run_generate(req: GenerateRequest, prior: Prior | None = None) -> RunResult:
     """Plan, build and train; prints where the results are. ``prior``: an already loaded model
     (several runs in a row, e.g. ``compare``)."""
     config, resume = plan_run(req)
     # The model loads before the run folder is touched: a missing model leaves nothing behind.
     if prior is None or prior.model_id != config.model:
-        prior = StableDiffusionPrior(config.model, device=resolve_device(req.device))
+        prior = load_prior(config.model, device=resolve_device(req.device))
     if not resume:
         run_dir.prepare_new_run(req.out, req.overwrite)
     trainer = Trainer(config, req.out, prior=prior, resume=resume)

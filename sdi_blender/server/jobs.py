@@ -35,7 +35,7 @@ from .export import ExportSettings, export_run
 from .export_process import ExportCancelled, export_in_child
 from .generate import GenerateRequest, plan_run
 from .model_source import check_model_name
-from .prior import StableDiffusionPrior
+from .priors import load_prior
 from .train_config import TrainConfig
 from .trainer import Progress, Trainer, TrainerCallbacks
 
@@ -115,7 +115,7 @@ class JobManager:
 
     def __init__(self, jobs_dir: Path, emit: Emit, *, device: torch.device, model: str,
                  trainer_factory: Callable[..., Any] = Trainer,
-                 prior_factory: Callable[..., Any] = StableDiffusionPrior,
+                 prior_factory: Callable[..., Any] = load_prior,
                  export_fn: Callable[..., Any] = export_run) -> None:
         self.jobs_dir, self.emit, self.device, self.default_model = Path(jobs_dir), emit, device, model
         self._trainer_factory, self._prior_factory, self._export_fn = trainer_factory, prior_factory, export_fn

@@ -11,24 +11,27 @@ from pathlib import Path
 from ..errors import UserError
 
 TINY = "tiny"
+TOYWORLD = "toyworld"
+"""The built-in toy world: an exact denoiser of pictures of known objects (``toy_prior``)."""
+BUILTIN_MODELS = (TINY, TOYWORLD)
 DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
 """The paper's model."""
 # A Hugging Face repository id: "owner/name", no path-like prefix.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def check_model_name(model: str, hint: str = "") -> None:
-    """Raise :class:`UserError` unless ``model`` is ``tiny``, an existing directory or a hub id.
+def check_model_name(model: str, hint: str = "", builtins: tuple[str, ...] = BUILTIN_MODELS) -> None:
+    """Raise :class:`UserError` unless ``model`` is a built-in, an existing directory or a hub id.
 
     ``hint`` replaces the default hint (which names Stable Diffusion models).
     """
-    if model == TINY or Path(model).expanduser().is_dir():
+    if model in builtins or Path(model).expanduser().is_dir():
         return
     if _HUB_ID.match(model) and not model.startswith("."):
         return
     raise UserError(f"model path '{model}' does not exist",
                     hint=hint or "give a diffusers model directory, a hub id such as "
-                                 "stabilityai/stable-diffusion-2-1-base, or 'tiny'")
+                                 "stabilityai/stable-diffusion-2-1-base, 'tiny' or 'toyworld'")
 
 
 def resolve_model_source(model: str) -> str:

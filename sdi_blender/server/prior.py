@@ -201,6 +201,11 @@ class StableDiffusionPrior:
         return int(self.unet.config.sample_size)
 
     @property
+    def latent_channels(self) -> int:
+        """Channels of the UNet's latents (4 for SD 2.1-base)."""
+        return int(self.unet.config.in_channels)
+
+    @property
     def image_size(self) -> int:
         """The native image side (512 for SD 2.1-base)."""
         return self.latent_size * self.vae_scale

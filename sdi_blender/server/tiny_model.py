@@ -22,6 +22,13 @@ import torch
 # Bump when the architecture or the build recipe changes: it names the cache folder.
 TINY_MODEL_VERSION = 1
 TINY_SEED = 0
+SD_SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False,
+    "steps_offset": 1, "prediction_type": "epsilon",
+}
+"""Stable Diffusion 2.1-base's DDIM scheduler config (scaled-linear betas, 1000 steps, leading
+spacing): the tiny model's and the toy world's noise schedule."""
 
 
 def cache_root() -> Path:
@@ -142,17 +149,7 @@ def build_tiny_pipeline(folder: Path) -> None:
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
     ))
-    # Stable Diffusion's own schedule (scaled-linear betas, 1000 steps, leading spacing).
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
+    scheduler = DDIMScheduler(**SD_SCHEDULER)
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")
     text_encoder.save_pretrained(folder / "text_encoder")

@@ -39,7 +39,8 @@ from .field import EnvironmentBackground, ImplicitVolume
 from .guidance import ScoreDistillation, annealed_timestep
 from .images import to_pil
 from .loss_scaling import make_adam, make_scaler
-from .prior import StableDiffusionPrior, resolve_device, to_device
+from .prior import resolve_device, to_device
+from .priors import Prior, load_prior
 from .prompts import PromptOptions
 from .renderer import VolumeRenderer, as_image, render_views
 from .shading import pick_shading
@@ -128,14 +129,14 @@ class Trainer:
     ``timer`` (benchmarks) times the stages of each step; by default nothing is timed.
     """
 
-    def __init__(self, config: TrainConfig, run: Path, *, prior: StableDiffusionPrior | None = None,
+    def __init__(self, config: TrainConfig, run: Path, *, prior: Prior | None = None,
                  device: str = "auto", callbacks: TrainerCallbacks | None = None,
                  resume: bool = False, timer: StepTimer | None = None) -> None:
         config.validate()
         self.config, self.run_path = config, Path(run)
         self.callbacks = callbacks or TrainerCallbacks()
         self.device = prior.device if prior is not None else resolve_device(device)
-        self.prior = prior or StableDiffusionPrior(config.model, device=self.device)
+        self.prior = prior or load_prior(config.model, device=self.device)
         self.prior.apply_speed(config.speed)
         self.timer = timer
         self._stage = timer.stage if timer is not None else no_stage
