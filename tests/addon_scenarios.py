@@ -212,3 +212,41 @@ if __name__ == "__main__":
     name, zip_path, workdir = sys.argv[1:4]
     prefs = install(zip_path, Path(workdir))
     h.emit(SCENARIOS[name](Path(workdir)))
+
+
+def mesh_in_world(obj: Any) -> dict:
+    """The object's triangles in Blender world space, relative to its origin, and each vertex's
+    colour read from its material's image through its UVs (as a person would see it)."""
+    mesh = obj.data
+    mesh.calc_loop_triangles()
+    image = next(n.image for mat in mesh.materials for n in mat.node_tree.nodes if n.type == "TEX_IMAGE")
+    width, height = image.size
+    pixels = list(image.pixels)
+    uv = mesh.uv_layers.active.data
+    colour = [[0.0, 0.0, 0.0] for _ in mesh.vertices]
+    for loop in mesh.loops:
+        u, v = uv[loop.index].uv
+        x, y = min(int(u * width), width - 1), min(int(v * height), height - 1)
+        colour[loop.vertex_index] = pixels[(y * width + x) * 4:(y * width + x) * 4 + 3]
+    origin = obj.matrix_world.translation
+    verts = [list(obj.matrix_world @ v.co - origin) for v in mesh.vertices]
+    return {"vertices": verts, "faces": [list(t.vertices) for t in mesh.loop_triangles], "colours": colour}
+
+
+@scenario
+def toy_object(work: Path) -> dict:
+    """The toy world end to end in Blender: prompt → known object → imported → rendered."""
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.model = "toyworld"
+    settings = bpy.context.scene.sdi
+    settings.steps, settings.mesh_resolution, settings.texture_size = 0, 96, "256"
+    settings.method = os.environ.get("SDI_TOY_METHOD", "sdi")
+    prompt = "an orange box with a blue ball on its front"
+    result = {"generate": run_op(bpy.ops.sdi.generate, prompt=prompt, preset="toy")}
+    obj = bpy.context.active_object
+    result["generated"] = describe(obj)
+    result["mesh"] = mesh_in_world(obj)
+    out = Path(os.environ["SDI_TEST_OUTPUT"]) / "addon_toy_render.png"
+    render(obj, out)
+    result["render"] = str(out)
+    return result

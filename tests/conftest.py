@@ -33,3 +33,12 @@ def prior(model_cache: Path):
     from sdi_blender.server.prior import StableDiffusionPrior
 
     return StableDiffusionPrior("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def toy_prior(model_cache: Path):
+    """The toy world's exact-denoiser prior on CPU (built into the session cache once)."""
+    pytest.importorskip("torch")
+    from sdi_blender.server.priors import load_prior
+
+    return load_prior("toyworld", device="cpu")

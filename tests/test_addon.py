@@ -159,3 +159,24 @@ def test_errors_are_reports_and_leave_the_scene(addon_zip: Path, tmp_path: Path,
     assert r["after"] == r["before"]
     _assert_panels_drew(r["panels_error"], "Server: error")
     assert ("operator", "sdi.check_python") in [tuple(c) for c in r["prefs_drawn"]]
+
+
+@pytest.mark.e2e
+def test_toy_world_object_arrives_in_blender_the_right_way_round(addon_zip: Path, tmp_path: Path) -> None:
+    """A toy prompt → the server → Blender's own glTF import: the orange box with its blue
+    ball toward Blender's front (−Y), scored on the geometry and colours Blender holds."""
+    import numpy as np
+    import trimesh
+
+    from sdi_blender.server.toy_objects import TOY_OBJECTS
+    from sdi_blender.server.toy_score import blender_mesh_scores
+
+    r = run_scenario("toy_object", addon_zip, tmp_path)
+    assert r["generate"] == "FINISHED", r["generate"]
+    assert r["generated"]["name"] == TOY_OBJECTS[0].prompt and r["generated"]["image_packed"]
+    mesh = trimesh.Trimesh(np.array(r["mesh"]["vertices"]), np.array(r["mesh"]["faces"]), process=False)
+    scores = blender_mesh_scores(mesh, np.array(r["mesh"]["colours"]), TOY_OBJECTS[0])
+    assert scores["iou"] >= 0.6, scores
+    assert scores["feature_angle_deg"] <= 30.0, scores
+    assert max(scores["colour_error"].values()) <= 0.15, scores
+    assert Path(r["render"]).stat().st_size > 1000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,16 +13,15 @@ from sdi_blender.server.guidance import NoisePredictor, ScoreDistillation
 from sdi_blender.server.priors import Prior
 from sdi_blender.server.prompts import PromptOptions
 from sdi_blender.server.shading import ShadingConfig
+from sdi_blender.server.toy_prior import shading_probabilities
 from sdi_blender.server.toy_objects import TOY_OBJECTS, TOY_PROMPTS, check_toy_prompt
 from sdi_blender.server.toy_render import BACKGROUND, render_toy
 from sdi_blender.server.toy_score import turntable_views
 
 
 @pytest.fixture(scope="module")
-def toy(model_cache):
-    from sdi_blender.server.priors import load_prior
-
-    return load_prior("toyworld", device="cpu")
+def toy(toy_prior):
+    return toy_prior
 
 
 def _front_and_side(obj_index: int, size: int = 48):
@@ -80,18 +80,24 @@ def test_the_toy_world_and_stable_diffusion_share_the_prior_interface(toy, prior
 
 
 def _naive_mean(toy, x_t: torch.Tensor, a: float, logw: torch.Tensor) -> torch.Tensor:
-    """E[x0 | x_t] straight from the formula, over every picture at once."""
-    x = x_t.reshape(-1).double()
-    d2 = (x[None] - math.sqrt(a) * toy.flat.double()).square().sum(-1)
-    return torch.softmax(logw - d2 / (2 * (1 - a)), 0) @ toy.flat.double()
+    """E[x0 | x_t] straight from the formula for data N(x_i, σ²I), over every picture at once."""
+    x, pics, s2 = x_t.reshape(-1).double(), toy.flat.double(), toy.picture_noise ** 2
+    var = a * s2 + 1 - a
+    d2 = (x[None] - math.sqrt(a) * pics).square().sum(-1)
+    r = torch.softmax(logw - d2 / (2 * var), 0)
+    # Each component's posterior mean: x_i + (√ᾱ σ² / var)(x_t − √ᾱ x_i).
+    return r @ (pics + math.sqrt(a) * s2 / var * (x[None] - math.sqrt(a) * pics))
 
 
 def _row_log_prior(toy, obj: int | None, view: int | None = None) -> torch.Tensor:
+    """Per picture: log of how often the trainer renders its shading mode, over the branch's
+    pictures (a prompt's are its coloured ones; the unconditional model has all)."""
     pics = toy.pictures
-    member = torch.ones_like(pics.obj, dtype=torch.bool) if obj is None else pics.obj == obj
+    member = torch.ones_like(pics.obj, dtype=torch.bool) if obj is None else (pics.obj == obj) & (pics.mode != 1)
     if view is not None:
         member &= pics.view == view
-    return torch.where(member, 0.0, -math.inf).double()
+    mode_prob = torch.tensor(shading_probabilities(ShadingConfig()), dtype=torch.float64)
+    return torch.where(member, mode_prob[pics.mode].log(), -math.inf)
 
 
 @pytest.mark.parametrize("t", [1, 250, 600, 980])
@@ -107,11 +113,31 @@ def test_the_denoiser_is_the_exact_posterior_mean(toy, t):
         torch.testing.assert_close(got[k, 0].double(), _naive_mean(toy, x_t, a, logw), atol=2e-4, rtol=0)
 
 
-def test_a_clean_picture_denoises_to_itself(toy):
+def test_with_no_picture_noise_a_clean_picture_denoises_to_itself(toy):
     x0 = toy.flat[777][None]
     a = toy.alphas_cumprod[1].double()[None]
-    out = toy.posterior_mean(x0 * a.sqrt().float(), a, toy.group_weights(None)[None, None])
+    toy.picture_noise, kept = 0.0, toy.picture_noise
+    try:
+        out = toy.posterior_mean(x0 * a.sqrt().float(), a, toy.group_weights(None)[None, None])
+    finally:
+        toy.picture_noise = kept
     torch.testing.assert_close(out[0], x0, atol=1e-4, rtol=0)
+
+
+def test_picture_noise_keeps_sdi_inverted_noise_gaussian_sized(toy):
+    """Off the pictures, σ = 0 makes the exact score blow up near t = 0 (ε̂ ≈ residual/0.029):
+    SDI's inverted noise is then ~10× a Gaussian's; with the pictures' own noise it is ≈ 1."""
+    emb = toy.encode_prompt(TOY_PROMPTS[0], options=PromptOptions(perp_neg=False))
+    pred = toy.predictor(emb, torch.tensor([10.0]), torch.tensor([30.0]))
+    x0 = toy.flat[5][None].reshape(1, 3, 32, 32) * 0.7  # a render near, not on, a picture
+    guide = ScoreDistillation(pred, "sdi", guidance_scale=0.0, inversion_guidance_scale=0.0)
+    std = guide.step(x0, 600, torch.Generator().manual_seed(0)).noise.std()
+    toy.picture_noise, kept = 0.0, toy.picture_noise
+    try:
+        sharp = guide.step(x0, 600, torch.Generator().manual_seed(0)).noise.std()
+    finally:
+        toy.picture_noise = kept
+    assert 0.7 < std < 1.4 and sharp > 4
 
 
 @pytest.mark.parametrize("opts", [PromptOptions(), PromptOptions(perp_neg=False),
@@ -145,3 +171,52 @@ def test_pictures_are_built_deterministically():
     a, b = build_pictures(views_per_object=4), build_pictures(views_per_object=4)
     assert torch.equal(a.images, b.images) and torch.equal(a.view, b.view)
     assert a.images.shape == (len(TOY_OBJECTS) * 4 * 3, 3, 32, 32)
+
+
+class _ToyField(torch.nn.Module):
+    """A toy object as a density field for the NeRF renderer: opaque inside its parts."""
+
+    def __init__(self, obj) -> None:
+        super().__init__()
+        self.obj, self.dummy = obj, torch.nn.Parameter(torch.zeros(()))
+
+    def _sdf(self, x: torch.Tensor) -> torch.Tensor:
+        from sdi_blender.server.toy_score import part_distance
+
+        return torch.as_tensor(np.stack([part_distance(p, x.detach().double().numpy()) for p in self.obj.parts]))
+
+    def density(self, x):
+        return 400.0 * (self._sdf(x).min(0).values < 0).to(x)
+
+    def forward(self, x, with_normals=False):
+        from types import SimpleNamespace
+
+        nearest = self._sdf(x).argmin(0)
+        albedo = torch.tensor([p.colour for p in self.obj.parts], dtype=x.dtype)[nearest]
+        return SimpleNamespace(density=self.density(x), albedo=albedo,
+                               normal=torch.nn.functional.normalize(x, dim=-1))
+
+
+@pytest.mark.parametrize("obj", range(len(TOY_OBJECTS)))
+def test_the_pipeline_renders_a_toy_object_as_the_ground_truth_draws_it(obj):
+    """The trainer's cameras and NeRF renderer, fed the true object as a density field, agree
+    with the independent ray caster view for view: conventions match, nothing is mirrored."""
+    from sdi_blender.server.cameras import orbit_cameras
+    from sdi_blender.server.renderer import RendererConfig, VolumeRenderer
+
+    field = _ToyField(TOY_OBJECTS[obj])
+    renderer = VolumeRenderer(field, lambda d: torch.full_like(d, BACKGROUND), 1.0,
+                              RendererConfig(num_samples_per_ray=192, occupancy_grid=False))
+    azimuths = torch.tensor([0.0, 90.0, 200.0, 300.0])
+    cams = orbit_cameras(torch.full((4,), 20.0), azimuths, 2.0, 50.0, 32, 32)
+    with torch.no_grad():
+        ours = renderer(cams, "albedo").rgb.permute(0, 3, 1, 2)
+    views = turntable_views(4, 20.0, 2.0, 50.0)
+    views.azimuth_deg = azimuths.double()
+    e, a = torch.deg2rad(views.elevation_deg), torch.deg2rad(views.azimuth_deg)
+    views.position = 2.0 * torch.stack([e.cos() * a.cos(), e.cos() * a.sin(), e.sin()], -1)
+    truth, _ = render_toy(TOY_OBJECTS[obj], views, 32, ("albedo",), ShadingConfig())
+    psnr = -10 * torch.log10((ours - truth[0]).square().mean(dim=(1, 2, 3)))
+    assert (psnr > 22).all(), psnr
+    mirrored = -10 * torch.log10((ours.flip(-1) - truth[0]).square().mean(dim=(1, 2, 3)))
+    assert (mirrored < psnr - 3).any(), (psnr, mirrored)  # the views tell a mirror apart

@@ -14,6 +14,7 @@ PRESETS = [
     ("standard", "Standard", "5,000 steps at 512 px: most of the quality in half the time"),
     ("paper", "Paper", "The paper's 10,000 steps at 512 px"),
     ("test", "Test", "30 steps at 64 px, for checking an install with the tiny model"),
+    ("toy", "Toy world", "400 steps at 32 px with the built-in toy world (model 'toyworld'): a known object"),
 ]
 TEXTURE_SIZES = [(str(2**k), f"{2**k} px", "") for k in range(8, 14)]
 

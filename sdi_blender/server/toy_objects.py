@@ -77,6 +77,19 @@ TOY_OBJECTS: tuple[ToyObject, ...] = (
 )
 TOY_PROMPTS: tuple[str, ...] = tuple(o.prompt for o in TOY_OBJECTS)
 
+TOY_CAMERAS: dict[str, tuple[float, float] | float] = {
+    "distance_range": (2.0, 2.0), "fovy_range": (50.0, 50.0),
+    "camera_perturb": 0.0, "center_perturb": 0.0, "up_perturb": 0.0,
+}
+"""The toy world's training cameras (``CameraConfig`` fields; the rest keep the official
+values): every elevation and azimuth of the official ranges, at one distance and field of
+view, unjittered. An exact denoiser of finitely many pictures can only return pictures it
+has, so its cameras must cover the training cameras densely: over these two angles 1,024
+views lie a few degrees apart, while over the official nine camera dimensions (distance,
+field of view, jitter of position, look-at and up) the nearest picture would show the
+object shifted and rescaled, and each step would pull toward a different one. The ``toy``
+preset trains with these cameras and the pictures are drawn from them."""
+
 
 def toy_object(prompt: str) -> ToyObject:
     """The toy object a prompt names; an unknown prompt is a one-line error listing them."""

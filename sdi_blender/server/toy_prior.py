@@ -32,7 +32,7 @@ from .prompts import OVERHEAD, PromptOptions, direction_index, guided_noise, per
 from .shading import SHADINGS, ShadingConfig
 from .tiny_model import SD_SCHEDULER, _build_atomically, cache_root
 from .model_source import TOYWORLD
-from .toy_objects import TOY_OBJECTS, check_toy_prompt, toy_object
+from .toy_objects import TOY_CAMERAS, TOY_OBJECTS, check_toy_prompt, toy_object
 from .toy_render import render_toy, sample_views
 
 TOY_VERSION = 1
@@ -41,7 +41,15 @@ IMAGE_SIZE = 32
 """Side of the pictures, so of the renders the prior judges."""
 VIEWS_PER_OBJECT = 1024
 """Cameras per object; each is drawn in all three shading modes."""
+PICTURE_NOISE = 0.1
+"""σ of the pictures' own pixel noise ([−1, 1] units): the data are N(x_i, σ²I) around the
+pictures rather than the pictures exactly, so the denoiser stays exact (a Gaussian mixture's
+posterior mean is closed-form) but its score is bounded near t = 0. With σ = 0 the denoiser
+at SDI's first inversion step (ᾱ = 0.99915) returns ε̂ = (x − x_nearest)/0.029, ~34× a
+render's distance to the nearest picture, and the inverted "noise" is far from Gaussian;
+a trained network such as Stable Diffusion's is smooth there. See docs/toy-world.md."""
 _SEED = 0
+_NEGLIGIBLE = 1e-13  # a picture's posterior share below this changes no float32 result
 _CHUNK = 128  # views rendered at once (bounds the renderer's memory)
 
 
@@ -64,7 +72,7 @@ class ToyPictures:
 def build_pictures(size: int = IMAGE_SIZE, views_per_object: int = VIEWS_PER_OBJECT,
                    cameras: CameraConfig | None = None, shading: ShadingConfig | None = None) -> ToyPictures:
     """Render every toy object from ``views_per_object`` training cameras in every mode."""
-    cameras, shading = cameras or CameraConfig(), shading or ShadingConfig()
+    cameras, shading = cameras or CameraConfig(**TOY_CAMERAS), shading or ShadingConfig()
     parts: dict[str, list[Tensor]] = {k: [] for k in ("images", "masks", "obj", "view", "mode")}
     for o, obj in enumerate(TOY_OBJECTS):
         views = sample_views(cameras, views_per_object, seed=_SEED + o)
@@ -101,6 +109,23 @@ def load_pictures() -> ToyPictures:
     return ToyPictures(**{k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
 
+@dataclass(frozen=True)
+class Group:
+    """A contiguous block of pictures of one object, view bucket and kind of shading."""
+
+    obj: int
+    view: int
+    mode: int
+    """Index into shading.SHADINGS."""
+    start: int
+    end: int
+
+    @property
+    def coloured(self) -> bool:
+        """Albedo or lit-diffuse pictures (the prompt's colours show), not textureless grey."""
+        return SHADINGS[self.mode] != "textureless"
+
+
 @dataclass
 class ToyEmbeddings:
     """A toy "prompt encoding": which object, and how views condition it."""
@@ -118,24 +143,27 @@ class ToyWorldPrior:
     prediction (per-group log-sum-exp and weighted sums) serves all branches at once.
     """
 
-    def __init__(self, device: torch.device | str | None = None) -> None:
+    def __init__(self, device: torch.device | str | None = None, shading: ShadingConfig | None = None,
+                 picture_noise: float = PICTURE_NOISE) -> None:
         from diffusers import DDIMScheduler
 
+        self.picture_noise = picture_noise
         self.model_id = TOYWORLD
         self.device = torch.device(device or "cpu")
         self.dtype = torch.float32
         pics = load_pictures()
-        order = torch.argsort(pics.obj * (OVERHEAD + 1) + pics.view, stable=True)
+        modes = len(SHADINGS)
+        order = torch.argsort((pics.obj * (OVERHEAD + 1) + pics.view) * modes + pics.mode, stable=True)
         self.pictures = ToyPictures(*(getattr(pics, f)[order] for f in pics.__dataclass_fields__))
         self.flat = self.pictures.images.reshape(order.shape[0], -1).to(self.device)  # [N, D]
         self.sq_norms = self.flat.double().square().sum(-1)                           # [N]
-        key = (self.pictures.obj * (OVERHEAD + 1) + self.pictures.view).tolist()
-        # (object, view, first row, end row) of each non-empty group, in row order.
-        self.groups = [(k // (OVERHEAD + 1), k % (OVERHEAD + 1), key.index(k), len(key) - key[::-1].index(k))
-                       for k in sorted(set(key))]
-        self.group_of_row = torch.cat([torch.full((e - s,), g) for g, (_, _, s, e) in enumerate(self.groups)]
+        key = ((self.pictures.obj * (OVERHEAD + 1) + self.pictures.view) * modes + self.pictures.mode).tolist()
+        self.groups = [Group(k // modes // (OVERHEAD + 1), k // modes % (OVERHEAD + 1), k % modes,
+                             key.index(k), len(key) - key[::-1].index(k)) for k in sorted(set(key))]
+        self.mode_prob = shading_probabilities(shading or ShadingConfig())
+        self.group_of_row = torch.cat([torch.full((g.end - g.start,), i) for i, g in enumerate(self.groups)]
                                       ).to(self.device)[None]                          # [1, N]
-        self.log_sizes = torch.tensor([math.log(e - s) for _, _, s, e in self.groups],
+        self.log_sizes = torch.tensor([math.log(g.end - g.start) for g in self.groups],
                                       dtype=torch.float64, device=self.device)       # [G]
         sched = DDIMScheduler(**SD_SCHEDULER)
         self.alphas_cumprod = sched.alphas_cumprod.to(self.device, torch.float32)
@@ -165,17 +193,28 @@ class ToyWorldPrior:
 
     # -- the denoiser ----------------------------------------------------------------------------
     def group_weights(self, obj: int | None, view_mix: Tensor | None = None) -> Tensor:
-        """[G] prior mass of each group: uniform over an object's pictures (all objects for
-        None), or its view buckets mixed by ``view_mix`` [4]; a mix that lands only on empty
-        buckets (e.g. overhead, outside the training elevations) falls back to the whole object."""
-        sizes = torch.tensor([float(e - s) for _, _, s, e in self.groups], dtype=torch.float64)
-        if view_mix is None:
-            mass = sizes * torch.tensor([obj is None or g[0] == obj for g in self.groups])
-        else:
-            mass = torch.tensor([float(view_mix[v]) if g_obj == obj else 0.0
-                                 for g_obj, v, _, _ in self.groups], dtype=torch.float64)
-            if mass.sum() <= 0:
-                return self.group_weights(obj)
+        """[G] prior mass of each group.
+
+        Each picture weighs as often as the trainer renders its shading mode (``mode_prob``:
+        mostly albedo). ``obj`` None: the unconditional model, every picture. Otherwise the
+        prompt's pictures that show its colours (albedo and lit), or those of its view buckets
+        mixed by ``view_mix`` [4]; a mix that lands only on empty buckets (e.g. overhead,
+        outside the training elevations) falls back to all its views. A prompt naming colours
+        captions coloured pictures: the grey textureless ones belong to the unconditional model
+        only (as Stable Diffusion finds a grey render of "an orange box" unlikely), which also
+        keeps the grey initial blob from settling on grey pictures.
+        """
+        def mass_of(g: Group) -> float:
+            if obj is None:
+                return 1.0
+            if g.obj != obj or not g.coloured:
+                return 0.0
+            return 1.0 if view_mix is None else float(view_mix[g.view])
+
+        mass = torch.tensor([(g.end - g.start) * float(self.mode_prob[g.mode]) * mass_of(g)
+                             for g in self.groups], dtype=torch.float64)
+        if mass.sum() <= 0:
+            return self.group_weights(obj)
         return mass / mass.sum()
 
     def posterior_mean(self, x_t: Tensor, a: Tensor, weights: Tensor) -> Tensor:
@@ -191,15 +230,26 @@ class ToyWorldPrior:
         cross = (x_t @ self.flat.T).double()                                          # [B, N]
         d2 = (x_t.double().square().sum(-1, keepdim=True) - 2 * a.sqrt()[:, None] * cross
               + a[:, None] * self.sq_norms).clamp_min(0)
-        loglik = -d2 / (2 * (1 - a))[:, None]
+        var = a * self.picture_noise ** 2 + (1 - a)                                  # [B]
+        loglik = -d2 / (2 * var)[:, None]
         n_groups = len(self.groups)
         peak = loglik.new_full((b, n_groups), -math.inf).scatter_reduce(1, gid, loglik, "amax")
         within = (loglik - peak.gather(1, gid)).exp()                                 # [B, N]
         total = loglik.new_zeros(b, n_groups).scatter_add(1, gid, within)             # [B, G]
         alpha = torch.softmax(weights.log() - self.log_sizes + peak + total.log(), -1)  # [K, B, G]
         share = (alpha / total).gather(2, gid.expand(weights.shape[0], -1, -1)) * within  # [K, B, N]
-        return share.to(x_t.dtype).reshape(-1, share.shape[-1]).matmul(self.flat).reshape(
-            weights.shape[0], b, -1)
+        share = share.reshape(-1, share.shape[-1])
+        # Below mid t nearly every picture's share is < 1e-13 (exactly 0 in float32 sums of
+        # ≤ 10⁵ terms): multiply only the pictures that count.
+        used = torch.nonzero(share.amax(0) > _NEGLIGIBLE).flatten()
+        if used.numel() < share.shape[-1] // 2:
+            out = share[:, used].to(x_t.dtype) @ self.flat[used]
+        else:
+            out = share.to(x_t.dtype) @ self.flat
+        # Each picture is N(x_i, σ²I): its posterior mean given x_t moves toward x_t by c.
+        pull = (a.sqrt() * self.picture_noise ** 2 / var).to(x_t.dtype)[:, None]     # [B, 1]
+        out = out.reshape(weights.shape[0], b, -1)
+        return out * (1 - pull * a.sqrt().to(x_t.dtype)[:, None]) + pull * x_t
 
 
 class ToyPredictor:
@@ -238,6 +288,14 @@ class ToyPredictor:
         eps = ((flat - root_a * x0) / root_1ma).reshape(-1, *x_t.shape)              # [K, B, C, H, W]
         eps_cond, eps_uncond, *eps_negs = eps.unbind(0)
         return guided_noise(eps_cond, eps_uncond, guidance_scale, eps_negs, self.neg_weights).to(x_t.dtype)
+
+
+def shading_probabilities(cfg: ShadingConfig) -> list[float]:
+    """How often the trainer renders each of SHADINGS after the ambient-only phase
+    (``shading.pick_shading``): albedo 1 − p, textureless p·q, diffuse p·(1 − q)."""
+    p, q = cfg.diffuse_prob, cfg.textureless_prob
+    probs = {"albedo": 1 - p, "textureless": p * q, "diffuse": p * (1 - q)}
+    return [probs[mode] for mode in SHADINGS]
 
 
 def _one_hot(view: int) -> Tensor:

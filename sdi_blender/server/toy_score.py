@@ -70,7 +70,11 @@ def load_blender_mesh(glb: Path):
 
 def mesh_scores(glb: Path, obj: ToyObject) -> dict:
     """IoU, feature angle and per-part colour errors of an exported toy mesh."""
-    mesh, colours = load_blender_mesh(glb)
+    return blender_mesh_scores(*load_blender_mesh(glb), obj)
+
+
+def blender_mesh_scores(mesh, colours: np.ndarray, obj: ToyObject) -> dict:
+    """The same scores for a trimesh already in Blender's frame with per-vertex colours [V, 3]."""
     axis = np.linspace(-1, 1, IOU_GRID)
     grid = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
     truth = np.min([part_distance(p, world_from_blender(grid)) for p in obj.parts], axis=0) <= 0
@@ -130,3 +134,28 @@ def view_scores(obj: ToyObject, views: ToyViews, rgb: torch.Tensor, opacity: tor
     hit, want = opacity > 0.5, mask > 0.5
     iou = (hit & want).sum((1, 2)).float() / (hit | want).sum((1, 2)).clamp_min(1).float()
     return {"psnr": float((-10 * mse.log10()).mean()), "mask_iou": float(iou.mean())}
+
+
+TOY_EXPORT = {"resolution": 96, "texture_size": 256}
+"""Export settings that resolve the toy objects (cells of 2/96 ≈ 0.02 over the toy preset's box)."""
+
+
+def score_run(run: Path, views: int = 8, size: int = 64) -> dict:
+    """Export a finished toy-world run (GLB) and score it: mesh scores in Blender's frame,
+    view PSNR and mask IoU at the evaluation cameras, and the export's seconds."""
+    from .cameras import turntable_cameras
+    from .evaluate import load_renderer  # evaluate imports this module: import here
+    from .export import ExportSettings, export_run
+    from .renderer import render_views
+    from .toy_objects import toy_object
+
+    result = export_run(run, ExportSettings(**TOY_EXPORT), device="cpu")
+    renderer, config, _, _ = load_renderer(run, torch.device("cpu"))
+    obj = toy_object(config.prompt)
+    cams = config.cameras
+    toy_views = turntable_views(views, cams.eval_elevation, cams.eval_distance, cams.eval_fovy)
+    outs = render_views(renderer, turntable_cameras(views, size, size, cams))
+    rgb = torch.stack([o.rgb[0].permute(2, 0, 1).clamp(0, 1) for o in outs])
+    opacity = torch.stack([o.opacity[0, :, :, 0] for o in outs])
+    return {"prompt": config.prompt, "method": config.method, **mesh_scores(result.files["mesh"], obj),
+            **view_scores(obj, toy_views, rgb, opacity), "export_seconds": result.info["seconds"]["total"]}

@@ -23,7 +23,7 @@ from .prior import SpeedConfig
 from .regularizers import LossWeights
 from .renderer import RendererConfig
 from .shading import ShadingConfig
-from .toy_objects import check_toy_prompt
+from .toy_objects import TOY_CAMERAS, check_toy_prompt
 
 PAPER_STEPS = 10_000
 """The length of the official run; every schedule is defined in its steps."""
@@ -35,9 +35,14 @@ PRESETS: dict[str, dict[str, Any]] = {
              "preview_size": 64, "turntable_views": 4},
     # The built-in toy world (an exact denoiser of known objects) at its 32×32 pictures: the
     # end-to-end proof that a prompt comes out as the right object, on a CPU in about a minute.
-    "toy": {"model": "toyworld", "steps": 400, "resolution": 32, "renderer.num_samples_per_ray": 64,
-            "field.log2_hashmap_size": 16, "preview_every": 100, "checkpoint_every": 200,
-            "preview_size": 64, "turntable_views": 4},
+    # Its prior is exact, so CFG 0 (the conditional alone) and no Perp-Neg; its cameras are the
+    # ones its pictures cover (TOY_CAMERAS); its objects fit a box of radius 1 (half the samples
+    # of the official radius 2 at the same spacing); see docs/toy-world.md.
+    "toy": {"model": "toyworld", "steps": 400, "resolution": 32, "renderer.num_samples_per_ray": 32,
+            "field.radius": 1.0, "field.log2_hashmap_size": 16, "preview_every": 100, "checkpoint_every": 200,
+            "preview_size": 64, "turntable_views": 4, "guidance_scale": 0.0,
+            "inversion_guidance_scale": 0.0, "perp_neg": False,
+            **{f"cameras.{k}": v for k, v in TOY_CAMERAS.items()}},
     # A quick look: a fifth of the paper's steps at half its resolution.
     "draft": {"steps": 2000, "resolution": 256, "renderer.num_samples_per_ray": 256},
     # Half the paper's steps at full resolution: most of the quality in half the time.

@@ -295,7 +295,7 @@ class Trainer:
     def _write_reports(self) -> None:
         from .reports import loss_curve_png, strip_png
 
-        size = min(self.config.resolution, 256)
+        size = min(max(self.config.resolution, self.config.preview_size), 256)
         run_dir.atomic_write(self.run_path / run_dir.TURNTABLE,
                              strip_png(self.render_views(self.config.turntable_views, size)))
         run_dir.atomic_write(self.run_path / run_dir.LOSS_CURVE, loss_curve_png(self.history))

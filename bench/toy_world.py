@@ -1,0 +1,77 @@
+"""The toy world's figures: every toy object with SDI and SDS, trained, exported and scored.
+
+For each object and method: ``generate`` at the ``toy`` preset (``--model toyworld``) → GLB
+export → volumetric IoU, orienting-feature angle and per-part colour error in Blender's
+frame, PSNR and mask IoU of 8 evaluation views against the ground truth, and the seconds
+of training and export. Seconds on a shared machine are noisy: compare SDI with SDS inside
+one run (they take turns per object). Writes ``bench/results/toy-world-<date>.json``.
+
+    python bench/toy_world.py [--seeds 1] [--objects 0 1 2 3] [--steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sdi_blender.server.generate import GenerateRequest, run_generate
+from sdi_blender.server.priors import load_prior
+from sdi_blender.server.toy_objects import TOY_OBJECTS
+from sdi_blender.server.toy_score import score_run
+
+
+def _pair(folder: Path, obj: int, out: Path) -> None:
+    """The SDS (top) and SDI (bottom) turntables of one object, enlarged for people to see."""
+    from PIL import Image
+
+    rows = [Image.open(folder / f"{obj}-{m}-0" / "turntable.png").convert("RGB") for m in ("sds", "sdi")]
+    sheet = Image.new("RGB", (rows[0].width, rows[0].height * 2))
+    for i, row in enumerate(rows):
+        sheet.paste(row, (0, i * row.height))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.resize((sheet.width * 4, sheet.height * 4), Image.NEAREST).save(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--objects", type=int, nargs="*", default=list(range(len(TOY_OBJECTS))))
+    parser.add_argument("--steps", type=int, default=None, help="override the toy preset's steps")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--pictures", type=Path, default=None,
+                        help="also write each object's SDS and SDI turntables (one row each) here")
+    args = parser.parse_args()
+    prior = load_prior("toyworld", device="cpu")
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for obj in args.objects:
+            for seed in range(args.seeds):
+                for method in ("sdi", "sds"):
+                    run = Path(folder) / f"{obj}-{method}-{seed}"
+                    start = time.perf_counter()
+                    run_generate(GenerateRequest(out=run, prompt=TOY_OBJECTS[obj].prompt, preset="toy",
+                                                 device="cpu", settings={"method": method, "seed": seed,
+                                                                         "steps": args.steps}), prior=prior)
+                    train_s = time.perf_counter() - start
+                    scores = score_run(run)
+                    rows.append({"object": obj, "seed": seed, "train_seconds": round(train_s, 1), **scores})
+                    print(json.dumps(rows[-1]), flush=True)
+                if args.pictures is not None and seed == 0:
+                    _pair(Path(folder), obj, args.pictures / f"toy-{obj}-sds-vs-sdi.png")
+    out = args.out / f"toy-world-{datetime.date.today().isoformat()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+    out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
