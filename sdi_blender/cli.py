@@ -75,7 +75,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="the run folder (new, or an existing run with --resume)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--prompt", dest="prompt_option", help="a new prompt (with --resume)")
-    p.add_argument("--preset", choices=("test", "draft", "standard", "paper"),
+    p.add_argument("--preset", choices=("test", "toy", "draft", "standard", "paper"),
                    help="quality preset (default standard; paper = 10,000 steps at 512x512)")
     p.add_argument("--method", choices=("sdi", "sds"), help="sdi (default) or sds")
     p.add_argument("--steps", type=int, help="steps (with --resume: steps to add)")
@@ -250,7 +250,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
                                    "all into OUT/report (runs already complete in OUT are kept).")
     p.add_argument("prompt", help="what the object should be")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
-    p.add_argument("--preset", choices=("test", "draft", "standard", "paper"), default="draft",
+    p.add_argument("--preset", choices=("test", "toy", "draft", "standard", "paper"), default="draft",
                    help="quality preset (default draft)")
     p.add_argument("--out", type=Path, help="folder of the runs and the report (default compare/<prompt>)")
     p.add_argument("--model", help="hub id, local diffusers directory, or 'tiny'")

@@ -13,8 +13,8 @@ from sdi_blender.server.guidance import NoisePredictor, ScoreDistillation
 from sdi_blender.server.priors import Prior
 from sdi_blender.server.prompts import PromptOptions
 from sdi_blender.server.shading import ShadingConfig
-from sdi_blender.server.toy_prior import shading_probabilities
 from sdi_blender.server.toy_objects import TOY_OBJECTS, TOY_PROMPTS, check_toy_prompt
+from sdi_blender.server.toy_prior import shading_probabilities
 from sdi_blender.server.toy_render import BACKGROUND, render_toy
 from sdi_blender.server.toy_score import turntable_views
 
@@ -220,3 +220,43 @@ def test_the_pipeline_renders_a_toy_object_as_the_ground_truth_draws_it(obj):
     assert (psnr > 22).all(), psnr
     mirrored = -10 * torch.log10((ours.flip(-1) - truth[0]).square().mean(dim=(1, 2, 3)))
     assert (mirrored < psnr - 3).any(), (psnr, mirrored)  # the views tell a mirror apart
+
+
+def test_eval_of_a_toy_world_run_adds_psnr_and_mask_iou_against_the_truth(tmp_path, model_cache):
+    """An untrained toy run (its blob) is evaluated against the known object: worse than a
+    perfect score, finite, and carried into metrics.json's per-run and per-group numbers."""
+    import json as json_
+
+    from sdi_blender.server import run_dir
+    from sdi_blender.server.evaluate import evaluate, group_summary
+    from sdi_blender.server.field import EnvironmentBackground, ImplicitVolume
+    from sdi_blender.server.train_config import make_config
+
+    config = make_config(TOY_PROMPTS[0], "toy")
+    run = tmp_path / "run"
+    run.mkdir()
+    run_dir.atomic_write(run / run_dir.CONFIG, config.to_json())
+    run_dir.write_state(run, "done", 1, config.steps)
+    (run / "checkpoints").mkdir()
+    torch.save({"format": 1, "step": 1, "config": json_.loads(config.to_json()),
+                "field": ImplicitVolume(config.field).state_dict(),
+                "background": EnvironmentBackground(config.background).state_dict(), "renderer": None,
+                "history": [{"step": 1, "t": 980, "total": 1.0}]}, run / run_dir.CHECKPOINT)
+    (result,) = evaluate([run], "tiny", views=2, size=32)
+    assert 5 < result.truth["psnr"] < 40 and 0 <= result.truth["mask_iou"] < 0.9
+    summary = result.summary()
+    assert summary["psnr"] == result.truth["psnr"] and "mask_iou" in summary
+    assert group_summary([result])[0]["psnr"] == pytest.approx(result.truth["psnr"])
+
+
+def test_cli_offers_every_preset_and_names_toy_prompts_on_a_bad_one(tmp_path, capsys):
+    from sdi_blender.cli import main
+    from sdi_blender.server.train_config import PRESETS
+
+    assert main(["generate", "a ripe strawberry", "--preset", "toy", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and TOY_PROMPTS[0] in err[0] and not (tmp_path / "run").exists()
+    for preset in PRESETS:  # the command line accepts every preset the trainer has
+        with pytest.raises(SystemExit):
+            main(["generate", "--preset", preset, "--help"])
+        assert "invalid choice" not in capsys.readouterr().err

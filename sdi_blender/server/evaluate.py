@@ -25,8 +25,8 @@ from .cameras import turntable_cameras
 from .clip_metrics import ClipJudge
 from .export import load_field
 from .field import EnvironmentBackground
-from .renderer import VolumeRenderer, as_image, render_views
 from .model_source import TOYWORLD
+from .renderer import VolumeRenderer, as_image, render_views
 from .toy_objects import toy_object
 from .toy_score import turntable_views, view_scores
 from .train_config import TrainConfig

@@ -84,8 +84,8 @@ TOY_CAMERAS: dict[str, tuple[float, float] | float] = {
 """The toy world's training cameras (``CameraConfig`` fields; the rest keep the official
 values): every elevation and azimuth of the official ranges, at one distance and field of
 view, unjittered. An exact denoiser of finitely many pictures can only return pictures it
-has, so its cameras must cover the training cameras densely: over these two angles 1,024
-views lie a few degrees apart, while over the official nine camera dimensions (distance,
+has, so its cameras must cover the training cameras densely: over these two angles 512
+views lie about 6° apart, while over the official nine camera dimensions (distance,
 field of view, jitter of position, look-at and up) the nearest picture would show the
 object shifted and rescaled, and each step would pull toward a different one. The ``toy``
 preset trains with these cameras and the pictures are drawn from them."""

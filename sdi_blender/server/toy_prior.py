@@ -28,19 +28,20 @@ import torch
 from torch import Tensor
 
 from .cameras import CameraConfig
+from .model_source import TOYWORLD
 from .prompts import OVERHEAD, PromptOptions, direction_index, guided_noise, perp_neg_mix
 from .shading import SHADINGS, ShadingConfig
 from .tiny_model import SD_SCHEDULER, _build_atomically, cache_root
-from .model_source import TOYWORLD
 from .toy_objects import TOY_CAMERAS, TOY_OBJECTS, check_toy_prompt, toy_object
 from .toy_render import render_toy, sample_views
 
-TOY_VERSION = 1
+TOY_VERSION = 2
 """Bump when the objects, the renderer or the picture set change: it names the cache folder."""
 IMAGE_SIZE = 32
 """Side of the pictures, so of the renders the prior judges."""
-VIEWS_PER_OBJECT = 1024
-"""Cameras per object; each is drawn in all three shading modes."""
+VIEWS_PER_OBJECT = 512
+"""Cameras per object, each drawn in all three shading modes: over the toy cameras' two angles
+(azimuth 360°, elevation −10…45°) about 6° apart."""
 PICTURE_NOISE = 0.1
 """σ of the pictures' own pixel noise ([−1, 1] units): the data are N(x_i, σ²I) around the
 pictures rather than the pictures exactly, so the denoiser stays exact (a Gaussian mixture's
