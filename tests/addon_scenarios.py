@@ -207,12 +207,6 @@ def errors(work: Path) -> dict:
     return result
 
 
-if __name__ == "__main__":
-    name, zip_path, workdir = sys.argv[1:4]
-    prefs = install(zip_path, Path(workdir))
-    h.emit(SCENARIOS[name](Path(workdir)))
-
-
 def mesh_in_world(obj: Any) -> dict:
     """The object's triangles in Blender world space, relative to its origin, and each vertex's
     colour read from its material's image through its UVs (as a person would see it)."""
@@ -249,3 +243,9 @@ def toy_object(work: Path) -> dict:
     render(obj, out)
     result["render"] = str(out)
     return result
+
+
+if __name__ == "__main__":
+    name, zip_path, workdir = sys.argv[1:4]
+    prefs = install(zip_path, Path(workdir))
+    h.emit(SCENARIOS[name](Path(workdir)))

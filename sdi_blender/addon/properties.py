@@ -42,8 +42,9 @@ class SDISettings(bpy.types.PropertyGroup):
     steps: bpy.props.IntProperty(name="Steps", default=0, min=0, description="0: the preset's")
     resolution: bpy.props.IntProperty(name="Resolution", default=0, min=0, max=1024, step=64,
                                       description="Render size in pixels, a multiple of 8; 0: the preset's")
-    guidance_scale: bpy.props.FloatProperty(name="Guidance Scale", default=7.5, min=0.0, max=100.0,
-                                            description="Classifier-free guidance (the paper: 7.5)")
+    guidance_scale: bpy.props.FloatProperty(
+        name="Guidance Scale", default=0.0, min=0.0, max=100.0,
+        description="Classifier-free guidance; 0: the preset's (the paper's 7.5, or 0 for the toy world)")
     mesh_resolution: bpy.props.IntProperty(name="Mesh Resolution", default=256, min=16, max=1024,
                                            description="Marching-cubes grid cells per side")
     texture_size: bpy.props.EnumProperty(name="Texture Size", items=TEXTURE_SIZES, default="1024")
@@ -57,7 +58,9 @@ class SDISettings(bpy.types.PropertyGroup):
     def train_fields(self) -> dict[str, Any]:
         """The generate request's training fields (the preset fills what is left out)."""
         fields: dict[str, Any] = {"prompt": self.prompt.strip(), "method": self.method, "preset": self.preset,
-                                  "seed": self.seed, "guidance_scale": self.guidance_scale}
+                                  "seed": self.seed}
+        if self.guidance_scale:  # else the preset's: a sent value would override the toy world's 0
+            fields["guidance_scale"] = self.guidance_scale
         if self.negative_prompt.strip():
             fields["negative_prompt"] = self.negative_prompt.strip()
         if self.steps:
