@@ -74,8 +74,11 @@ def describe(obj: Any) -> dict:
 
 
 def render(obj: Any, out: Path) -> None:
-    """A small Cycles render of the object, for a person to look at."""
+    """A small Cycles render of the object, for a person to look at (alone: the startup
+    scene's 2 m cube at the origin would hide it)."""
     scene = bpy.context.scene
+    for other in scene.objects:
+        other.hide_render = other != obj
     cam = bpy.data.objects.new("SDI test camera", bpy.data.cameras.new("SDI test camera"))
     scene.collection.objects.link(cam)
     center = obj.matrix_world.translation
