@@ -1,18 +1,22 @@
-"""The toy world's prior: the exact denoiser of a finite set of ground-truth pictures.
+"""The toy world's prior: the exact denoiser of a known set of ground-truth pictures.
 
-For x_t = √ᾱ x0 + √(1−ᾱ) ε with x0 drawn from images {x_i} with prior weights π_i, the
-posterior mean is E[x0 | x_t] = Σ_i softmax_i(log π_i − ‖x_t − √ᾱ x_i‖² / 2(1−ᾱ)) x_i, and
-the optimal noise prediction follows as ε̂ = (x_t − √ᾱ E[x0 | x_t]) / √(1−ᾱ). The pictures
-are the toy objects (:mod:`~sdi_blender.server.toy_objects`) drawn by the independent
-ground-truth renderer (:mod:`~sdi_blender.server.toy_render`) from cameras of the training
-distribution, in every shading mode the trainer uses, on Stable Diffusion's ᾱ schedule, in
-pixel space (a "latent" is the image itself, scaled to [−1, 1] like SD's VAE input).
+The data are the pictures x_i (prior weights π_i), each with a little pixel noise of its own,
+x0 ~ Σ π_i N(x_i, σ²I) (σ = ``PICTURE_NOISE``). For x_t = √ᾱ x0 + √(1−ᾱ) ε the posterior
+mean is closed-form, E[x0 | x_t] = Σ_i r_i (x_i + (√ᾱσ²/v)(x_t − √ᾱ x_i)) with
+r = softmax(log π − ‖x_t − √ᾱ x_i‖² / 2v), v = ᾱσ² + 1 − ᾱ (σ = 0: the textbook exact
+denoiser of the finite set), and ε̂ = (x_t − √ᾱ E[x0 | x_t]) / √(1−ᾱ). The pictures are the
+toy objects (:mod:`~sdi_blender.server.toy_objects`) drawn by the independent ground-truth
+renderer (:mod:`~sdi_blender.server.toy_render`) from the toy preset's training cameras, in
+every shading mode the trainer uses and weighted as often as it uses each, on Stable
+Diffusion's ᾱ schedule, in pixel space (a "latent" is the image itself, in [−1, 1] like SD's
+VAE input).
 
-Conditioning: a prompt selects its object's pictures; a view-dependent prompt ("…, front
-view") only those whose camera falls in that view's bucket, exactly as Stable Diffusion
-is asked for a front view; Perp-Neg's mix of views is the mixture of those buckets with the
-mix's weights, its negatives the other buckets. The unconditional model is all objects.
-CFG combines the branches in the official conventions (``prompts.guided_noise``).
+Conditioning: a prompt selects its object's coloured (albedo and lit) pictures; a
+view-dependent prompt ("…, front view") only those whose camera falls in that view's bucket,
+exactly as Stable Diffusion is asked for a front view; Perp-Neg's mix of views is the mixture
+of those buckets with the mix's weights, its negatives the other buckets. The unconditional
+model is every picture. CFG combines the branches in the official conventions
+(``prompts.guided_noise``). Why each choice: ``docs/toy-world.md``.
 
 Built once (seconds) into the sdi-blender cache, like the ``tiny`` model.
 """
