@@ -15,7 +15,7 @@ from sdi_blender.server.prompts import PromptOptions
 from sdi_blender.server.shading import ShadingConfig
 from sdi_blender.server.toy_objects import TOY_OBJECTS, TOY_PROMPTS, check_toy_prompt
 from sdi_blender.server.toy_prior import shading_probabilities
-from sdi_blender.server.toy_render import BACKGROUND, render_toy
+from sdi_blender.server.toy_render import BACKGROUND, orbit_views, render_toy
 from sdi_blender.server.toy_score import turntable_views
 
 
@@ -211,10 +211,7 @@ def test_the_pipeline_renders_a_toy_object_as_the_ground_truth_draws_it(obj):
     cams = orbit_cameras(torch.full((4,), 20.0), azimuths, 2.0, 50.0, 32, 32)
     with torch.no_grad():
         ours = renderer(cams, "albedo").rgb.permute(0, 3, 1, 2)
-    views = turntable_views(4, 20.0, 2.0, 50.0)
-    views.azimuth_deg = azimuths.double()
-    e, a = torch.deg2rad(views.elevation_deg), torch.deg2rad(views.azimuth_deg)
-    views.position = 2.0 * torch.stack([e.cos() * a.cos(), e.cos() * a.sin(), e.sin()], -1)
+    views = orbit_views(torch.full((4,), 20.0), azimuths, 2.0, 50.0)
     truth, _ = render_toy(TOY_OBJECTS[obj], views, 32, ("albedo",), ShadingConfig())
     psnr = -10 * torch.log10((ours - truth[0]).square().mean(dim=(1, 2, 3)))
     assert (psnr > 22).all(), psnr

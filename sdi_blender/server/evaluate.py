@@ -27,8 +27,7 @@ from .export import load_field
 from .field import EnvironmentBackground
 from .model_source import TOYWORLD
 from .renderer import VolumeRenderer, as_image, render_views
-from .toy_objects import toy_object
-from .toy_score import turntable_views, view_scores
+from .toy_score import run_view_scores
 from .train_config import TrainConfig
 
 EMPTY_OPACITY = 0.005
@@ -94,19 +93,11 @@ def evaluate_run(run: Path, judge: ClipJudge, views: int, size: int, device: tor
     opacity = [float(out.opacity.mean()) for out in outs]
     batch = torch.stack(images)
     history = list(state.get("history", []))
-    truth = _toy_truth(config, views, outs, batch) if config.model == TOYWORLD else {}
+    truth = run_view_scores(config, outs) if config.model == TOYWORLD else {}
     return RunEval(truth=truth, run=run, prompt=config.prompt, method=config.method, seed=config.seed, step=step,
                    clip_score=judge.clip_score(batch, config.prompt).tolist(),
                    clip_iqa=judge.clip_iqa(batch).tolist(), opacity=opacity,
                    diverged=divergence(run, renderer, opacity, history), views=images, history=history)
-
-
-def _toy_truth(config: TrainConfig, n: int, outs: list, batch: Tensor) -> dict[str, float]:
-    """PSNR and mask IoU of a toy-world run's views against the ground-truth renderer's."""
-    cams = config.cameras
-    views = turntable_views(n, cams.eval_elevation, cams.eval_distance, cams.eval_fovy)
-    opacity = torch.stack([out.opacity[0, :, :, 0].float().cpu() for out in outs])
-    return view_scores(toy_object(config.prompt), views, batch, opacity)
 
 
 def _stopped_before_checkpoint(run: Path, views: int, size: int) -> RunEval:

@@ -34,13 +34,6 @@ class Part:
     colour: tuple[float, float, float]
     """Albedo, RGB in [0, 1]."""
 
-    def contains(self, x: float, y: float, z: float) -> bool:
-        """Whether the point is inside this part (for volumes on the host, e.g. tests)."""
-        d = [x - self.centre[0], y - self.centre[1], z - self.centre[2]]
-        if self.kind == "sphere":
-            return sum(v * v for v in d) <= self.size[0] ** 2
-        return all(abs(v) <= s for v, s in zip(d, self.size))
-
 
 @dataclass(frozen=True)
 class ToyObject:

@@ -66,14 +66,29 @@ def _elevations(cfg: CameraConfig, n: int, gen: torch.Generator) -> Tensor:
     return torch.where(pick, on_sphere, degrees)
 
 
+def orbit_position(elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor | float) -> Tensor:
+    """[N, 3] d·(cosε cosφ, cosε sinφ, sinε): the project's orbit convention, written here anew."""
+    e, a = torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg)
+    d = torch.as_tensor(distance, dtype=e.dtype)
+    return (d[:, None] if d.dim() else d) * torch.stack([e.cos() * a.cos(), e.cos() * a.sin(), e.sin()], -1)
+
+
+def orbit_views(elevation_deg: Tensor, azimuth_deg: Tensor, distance: float, fovy_deg: float) -> ToyViews:
+    """Unperturbed views [N] looking at the origin with up +Z, the light at the camera."""
+    ele, azi = elevation_deg.double(), azimuth_deg.double()
+    pos, n = orbit_position(ele, azi, distance), ele.shape[0]
+    up = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64).expand(n, 3)
+    return ToyViews(ele, azi, pos, torch.zeros(n, 3, dtype=torch.float64), up,
+                    torch.full((n,), float(fovy_deg), dtype=torch.float64), pos.clone())
+
+
 def sample_views(cfg: CameraConfig, n: int, seed: int) -> ToyViews:
     """N camera draws from the training distribution (ranges, perturbations, light)."""
     gen = torch.Generator().manual_seed(seed)
     dist, fovy = _uniform(cfg.distance_range, n, gen), _uniform(cfg.fovy_range, n, gen)
     ele, azi = _elevations(cfg, n, gen), _uniform(cfg.azimuth_range, n, gen)
-    e, a = torch.deg2rad(ele), torch.deg2rad(azi)
-    orbit = dist[:, None] * torch.stack([e.cos() * a.cos(), e.cos() * a.sin(), e.sin()], -1)
-    position = orbit + (torch.rand(n, 3, generator=gen, dtype=torch.float64) * 2 - 1) * cfg.camera_perturb
+    jitter = (torch.rand(n, 3, generator=gen, dtype=torch.float64) * 2 - 1) * cfg.camera_perturb
+    position = orbit_position(ele, azi, dist) + jitter
     centre = torch.randn(n, 3, generator=gen, dtype=torch.float64) * cfg.center_perturb
     up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64) + \
         torch.randn(n, 3, generator=gen, dtype=torch.float64) * cfg.up_perturb

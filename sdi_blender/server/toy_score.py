@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .toy_objects import ToyObject
-from .toy_render import ToyViews, render_toy
+from .toy_objects import ToyObject, toy_object
+from .toy_render import ToyViews, orbit_views, render_toy
 
 IOU_GRID = 48
 """Grid points per side for the volumetric IoU."""
@@ -116,12 +116,17 @@ def _colour_errors(verts: np.ndarray, colours: np.ndarray, obj: ToyObject) -> di
 def turntable_views(n: int, elevation_deg: float, distance: float, fovy_deg: float) -> ToyViews:
     """The evaluation turntable (azimuth 0, 360/n, …) as ground-truth cameras, no perturbation."""
     azi = torch.arange(n, dtype=torch.float64) * (360.0 / n)
-    ele = torch.full((n,), float(elevation_deg), dtype=torch.float64)
-    e, a = torch.deg2rad(ele), torch.deg2rad(azi)
-    pos = distance * torch.stack([e.cos() * a.cos(), e.cos() * a.sin(), e.sin()], -1)
-    up = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64).expand(n, 3)
-    return ToyViews(ele, azi, pos, torch.zeros(n, 3, dtype=torch.float64), up,
-                    torch.full((n,), float(fovy_deg), dtype=torch.float64), pos.clone())
+    return orbit_views(torch.full((n,), float(elevation_deg), dtype=torch.float64), azi, distance, fovy_deg)
+
+
+def run_view_scores(config, outs: list) -> dict:
+    """PSNR and mask IoU of a toy run's evaluation renders ``outs`` (one RenderOutput per
+    turntable view, as ``renderer.render_views`` returns them) against the truth."""
+    cams = config.cameras
+    views = turntable_views(len(outs), cams.eval_elevation, cams.eval_distance, cams.eval_fovy)
+    rgb = torch.stack([o.rgb[0].permute(2, 0, 1).clamp(0, 1).float().cpu() for o in outs])
+    opacity = torch.stack([o.opacity[0, :, :, 0].float().cpu() for o in outs])
+    return view_scores(toy_object(config.prompt), views, rgb, opacity)
 
 
 def view_scores(obj: ToyObject, views: ToyViews, rgb: torch.Tensor, opacity: torch.Tensor) -> dict:
@@ -147,15 +152,10 @@ def score_run(run: Path, views: int = 8, size: int = 64) -> dict:
     from .evaluate import load_renderer  # evaluate imports this module: import here
     from .export import ExportSettings, export_run
     from .renderer import render_views
-    from .toy_objects import toy_object
 
     result = export_run(run, ExportSettings(**TOY_EXPORT), device="cpu")
     renderer, config, _, _ = load_renderer(run, torch.device("cpu"))
-    obj = toy_object(config.prompt)
-    cams = config.cameras
-    toy_views = turntable_views(views, cams.eval_elevation, cams.eval_distance, cams.eval_fovy)
-    outs = render_views(renderer, turntable_cameras(views, size, size, cams))
-    rgb = torch.stack([o.rgb[0].permute(2, 0, 1).clamp(0, 1) for o in outs])
-    opacity = torch.stack([o.opacity[0, :, :, 0] for o in outs])
-    return {"prompt": config.prompt, "method": config.method, **mesh_scores(result.files["mesh"], obj),
-            **view_scores(obj, toy_views, rgb, opacity), "export_seconds": result.info["seconds"]["total"]}
+    outs = render_views(renderer, turntable_cameras(views, size, size, config.cameras))
+    return {"prompt": config.prompt, "method": config.method,
+            **mesh_scores(result.files["mesh"], toy_object(config.prompt)),
+            **run_view_scores(config, outs), "export_seconds": result.info["seconds"]["total"]}
