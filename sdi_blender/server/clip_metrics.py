@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .model_source import TINY, check_model_name
 from .prior import _quiet_hf_logging, _unavailable, fetch_model
-from .tiny_model import TINY_SEED, _build_atomically, cache_root, write_tiny_tokenizer
+from .tiny_model import TINY_SEED, cached_build, write_tiny_tokenizer
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 """A public ViT-L/14 CLIP (the one Stable Diffusion 1.x conditions on)."""
@@ -45,10 +45,7 @@ _ALTERNATIVES = "pass --clip with a local CLIP directory, or --clip tiny to test
 
 def tiny_clip_path() -> Path:
     """The tiny CLIP's directory, built on first use."""
-    path = cache_root() / "models" / f"clip-tiny-v{TINY_CLIP_VERSION}"
-    if not (path / "preprocessor_config.json").is_file():
-        _build_atomically(path, build_tiny_clip, marker="preprocessor_config.json")
-    return path
+    return cached_build(f"clip-tiny-v{TINY_CLIP_VERSION}", build_tiny_clip, "preprocessor_config.json")
 
 
 def build_tiny_clip(folder: Path) -> None:

@@ -42,21 +42,26 @@ def cache_root() -> Path:
 
 def tiny_model_path() -> Path:
     """The tiny pipeline's directory, built on first use."""
-    path = cache_root() / "models" / f"tiny-v{TINY_MODEL_VERSION}"
-    if not (path / "model_index.json").is_file():
-        _build_atomically(path)
+    return cached_build(f"tiny-v{TINY_MODEL_VERSION}", build_tiny_pipeline, "model_index.json")
+
+
+def cached_build(name: str, build: Callable[[Path], None], marker: str) -> Path:
+    """``cache_root()/models/name``, made by ``build(folder)`` on first use; ``marker`` is a file
+    every finished build has (a folder without it is built again, atomically)."""
+    path = cache_root() / "models" / name
+    if not (path / marker).is_file():
+        _build_atomically(path, build, marker)
     return path
 
 
-def _build_atomically(path: Path, build: Callable[[Path], None] | None = None,
-                      marker: str = "model_index.json") -> None:
-    """Run ``build`` (default: the tiny pipeline) into ``path``; ``marker`` is a file every build has."""
+def _build_atomically(path: Path, build: Callable[[Path], None], marker: str) -> None:
+    """Run ``build`` into ``path``; ``marker`` is a file every build has."""
     # Build beside the target and rename, so a concurrent or interrupted build never
     # leaves a half-written model that a later run would trust.
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
     try:
-        (build or build_tiny_pipeline)(staging)
+        build(staging)
         try:
             os.replace(staging, path)
         except OSError:

@@ -35,7 +35,7 @@ from .cameras import CameraConfig
 from .model_source import TOYWORLD
 from .prompts import OVERHEAD, PromptOptions, direction_index, guided_noise, perp_neg_mix
 from .shading import SHADINGS, ShadingConfig
-from .tiny_model import SD_SCHEDULER, _build_atomically, cache_root
+from .tiny_model import SD_SCHEDULER, cached_build
 from .toy_objects import TOY_CAMERAS, TOY_OBJECTS, check_toy_prompt, toy_object
 from .toy_render import render_toy, sample_views
 
@@ -96,10 +96,7 @@ def build_pictures(size: int = IMAGE_SIZE, views_per_object: int = VIEWS_PER_OBJ
 
 def toy_world_path() -> Path:
     """The cached picture set, built on first use."""
-    path = cache_root() / "models" / f"toyworld-v{TOY_VERSION}"
-    if not (path / "pictures.pt").is_file():
-        _build_atomically(path, _write_pictures, marker="pictures.pt")
-    return path
+    return cached_build(f"toyworld-v{TOY_VERSION}", _write_pictures, "pictures.pt")
 
 
 def _write_pictures(folder: Path) -> None:
