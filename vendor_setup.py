@@ -31,9 +31,10 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -61,7 +62,7 @@ class TorchChoice(NamedTuple):
     """The torch requirement to install, extra pip arguments, and why."""
 
     spec: str
-    pip_args: List[str]
+    pip_args: list[str]
     reason: str
 
 
@@ -69,13 +70,13 @@ class UsageParser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are one ``error:`` line (exit 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print("error: {} (see --help)".format(message), file=sys.stderr)
+        print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
 
 
 def step(message: str) -> None:
     """Print a progress line; flushed so it stays in order with pip's output."""
-    print("{} {}".format(PREFIX, message), flush=True)
+    print(f"{PREFIX} {message}", flush=True)
 
 
 def check_python(version: Sequence[int], where: str) -> None:
@@ -83,7 +84,7 @@ def check_python(version: Sequence[int], where: str) -> None:
     if tuple(version[:2]) < MIN_PYTHON:
         found = ".".join(str(part) for part in version[:3])
         need = ".".join(str(part) for part in MIN_PYTHON)
-        raise SetupError("Python {} found ({}), but sdi-blender needs Python {} or newer".format(found, where, need))
+        raise SetupError(f"Python {found} found ({where}), but sdi-blender needs Python {need} or newer")
 
 
 def venv_python(venv: Path, windows: bool = os.name == "nt") -> Path:
@@ -94,31 +95,31 @@ def venv_python(venv: Path, windows: bool = os.name == "nt") -> Path:
 def check_venv_target(venv: Path) -> None:
     """Refuse a ``--venv`` that is a file or a non-empty directory that is no venv."""
     if venv.exists() and not venv.is_dir():
-        raise SetupError("--venv {} is not a directory".format(venv))
+        raise SetupError(f"--venv {venv} is not a directory")
     if venv.is_dir() and not (venv / "pyvenv.cfg").is_file() and any(venv.iterdir()):
-        raise SetupError("--venv {} exists but is not a virtual environment (no pyvenv.cfg)".format(venv))
+        raise SetupError(f"--venv {venv} exists but is not a virtual environment (no pyvenv.cfg)")
 
 
 def create_venv(venv: Path) -> None:
     """Create ``venv`` with pip, using the interpreter that runs this script."""
-    step("creating venv at {} with {}".format(venv, sys.executable))
+    step(f"creating venv at {venv} with {sys.executable}")
     try:  # stderr is kept so that its gist lands in our single error line
         proc = subprocess.run([sys.executable, "-m", "venv", str(venv)], stderr=subprocess.PIPE, text=True)
     except OSError as exc:
-        raise SetupError("could not create the venv at {}: {}".format(venv, exc))
+        raise SetupError(f"could not create the venv at {venv}: {exc}") from exc
     if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines() or ["python -m venv exited with {}".format(proc.returncode)]
-        raise SetupError("could not create the venv at {}: {}".format(venv, lines[-1].strip()))
+        lines = proc.stderr.strip().splitlines() or [f"python -m venv exited with {proc.returncode}"]
+        raise SetupError(f"could not create the venv at {venv}: {lines[-1].strip()}")
 
 
-def query_python(python: Path) -> Dict[str, str]:
+def query_python(python: Path) -> dict[str, str]:
     """Version, wheel tag, platform and machine of the interpreter ``python``."""
     try:
         proc = subprocess.run([str(python), "-I", "-B", "-c", PYINFO_CODE], capture_output=True, text=True)
     except OSError as exc:
-        raise SetupError("cannot run the venv's python {}: {}".format(python, exc))
+        raise SetupError(f"cannot run the venv's python {python}: {exc}") from exc
     if proc.returncode != 0:
-        raise SetupError("the venv's python {} does not run (exit code {})".format(python, proc.returncode))
+        raise SetupError(f"the venv's python {python} does not run (exit code {proc.returncode})")
     return json.loads(proc.stdout)
 
 
@@ -133,7 +134,7 @@ def nvidia_present() -> bool:
         return False
 
 
-def parse_find_links(config_text: str, env: Mapping[str, str]) -> List[str]:
+def parse_find_links(config_text: str, env: Mapping[str, str]) -> list[str]:
     """find-links entries from ``pip config list`` output and PIP_FIND_LINKS."""
     entries = []  # type: List[str]
     for line in config_text.splitlines():
@@ -149,7 +150,7 @@ def parse_find_links(config_text: str, env: Mapping[str, str]) -> List[str]:
     return list(dict.fromkeys(entries))  # keeps order, drops duplicates
 
 
-def local_paths(entries: Sequence[str]) -> List[Path]:
+def local_paths(entries: Sequence[str]) -> list[Path]:
     """The find-links entries that are on this disk (plain paths or file:// URLs)."""
     paths = []
     for entry in entries:
@@ -161,7 +162,7 @@ def local_paths(entries: Sequence[str]) -> List[Path]:
     return paths
 
 
-def pip_find_links(python: Path, env: Mapping[str, str]) -> List[Path]:
+def pip_find_links(python: Path, env: Mapping[str, str]) -> list[Path]:
     """Local find-links locations as the venv's pip sees them."""
     proc = subprocess.run([str(python), "-B", "-m", "pip", "config", "list"], capture_output=True, text=True)
     return local_paths(parse_find_links(proc.stdout if proc.returncode == 0 else "", env))
@@ -176,11 +177,11 @@ def _wheel_fits(match: "re.Match[str]", pyinfo: Mapping[str, str]) -> bool:
     return any(family in plat and plat.endswith(machine) for plat in match.group("plat").split("."))
 
 
-def _version_key(version: str) -> List[int]:
+def _version_key(version: str) -> list[int]:
     return [int(part) for part in re.findall(r"\d+", version.split("+")[0])]
 
 
-def find_cpu_wheel(locations: Sequence[Path], pyinfo: Mapping[str, str]) -> Optional[str]:
+def find_cpu_wheel(locations: Sequence[Path], pyinfo: Mapping[str, str]) -> str | None:
     """Highest version of a fitting ``torch-*+cpu-*.whl`` in ``locations``, if any."""
     versions = []
     for location in locations:
@@ -204,7 +205,8 @@ def choose_torch(
         return TorchChoice(override, [], "SDI_TORCH_SPEC is set")
     if nvidia and pyinfo["platform"] == "win32":
         # PyPI's Windows wheels are CPU-only; the CUDA ones live on PyTorch's index.
-        return TorchChoice("torch", ["--index-url", WINDOWS_CUDA_INDEX], "NVIDIA GPU found: CUDA build from PyTorch's index")
+        return TorchChoice("torch", ["--index-url", WINDOWS_CUDA_INDEX],
+                           "NVIDIA GPU found: CUDA build from PyTorch's index")
     if nvidia:
         return TorchChoice("torch", [], "NVIDIA GPU found: PyPI's torch, a CUDA build")
     version = find_cpu_wheel(find_links, pyinfo)
@@ -215,7 +217,7 @@ def choose_torch(
     )
 
 
-def stamp_data(dev: bool, choice: TorchChoice, pyinfo: Mapping[str, str]) -> Dict[str, object]:
+def stamp_data(dev: bool, choice: TorchChoice, pyinfo: Mapping[str, str]) -> dict[str, object]:
     """What an installation depends on; a change in any of it means reinstall."""
     pyproject = (REPO / "pyproject.toml").read_bytes()
     return {
@@ -252,7 +254,7 @@ def pip_install(python: Path, args: Sequence[str], step_name: str, package: str)
     step("{}: pip install {}".format(step_name, " ".join(args)))
     code = subprocess.run([str(python), "-m", "pip", "install"] + list(args)).returncode
     if code != 0:
-        raise SetupError("step '{}' failed: pip could not install {} (exit code {})".format(step_name, package, code))
+        raise SetupError(f"step '{step_name}' failed: pip could not install {package} (exit code {code})")
 
 
 def install(venv: Path, python: Path, dev: bool, choice: TorchChoice) -> None:
@@ -269,7 +271,7 @@ def install(venv: Path, python: Path, dev: bool, choice: TorchChoice) -> None:
 ADDON_SKIP = ("server", "__pycache__")
 
 
-def addon_files() -> List[Tuple[Path, str]]:
+def addon_files() -> list[tuple[Path, str]]:
     """(file, name in the zip) of the add-on: the package's Blender-side files at the root."""
     package = REPO / "sdi_blender"
     found = [(REPO / "blender_manifest.toml", "blender_manifest.toml")]
@@ -280,7 +282,7 @@ def addon_files() -> List[Tuple[Path, str]]:
     return found
 
 
-def addon_zip_bytes(files: Sequence[Tuple[Path, str]]) -> bytes:
+def addon_zip_bytes(files: Sequence[tuple[Path, str]]) -> bytes:
     """A deterministic zip (fixed timestamps, sorted names), so a rebuild is byte-identical."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -299,13 +301,13 @@ def build_addon(dist: Path) -> Path:
     target = dist / "{}-{}.zip".format(manifest["id"], manifest["version"])
     data = addon_zip_bytes(addon_files())
     if target.is_file() and target.read_bytes() == data:
-        step("add-on {} is up to date".format(target))
+        step(f"add-on {target} is up to date")
         return target
     dist.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(str(tmp), str(target))
-    step("wrote the Blender add-on {}".format(target))
+    step(f"wrote the Blender add-on {target}")
     return target
 
 
@@ -319,16 +321,16 @@ def _blender_app() -> ModuleType:
     return blender_app
 
 
-def locate_blender(explicit: Optional[str]) -> Optional[str]:
+def locate_blender(explicit: str | None) -> str | None:
     """The Blender to install into (see blender_app.find_blender); a bad explicit one is a SetupError."""
     app = _blender_app()
     try:
         return app.find_blender(explicit)
     except app.BlenderError as exc:
-        raise SetupError(exc.one_line())
+        raise SetupError(exc.one_line()) from exc
 
 
-def install_into_blender(blender: str, zip_path: Path, server_python: Optional[Path]) -> None:
+def install_into_blender(blender: str, zip_path: Path, server_python: Path | None) -> None:
     """Install and enable the add-on in ``blender``, its preferences pointing at ``server_python``.
 
     Done on every run that finds Blender (two short background starts): the user may
@@ -338,14 +340,15 @@ def install_into_blender(blender: str, zip_path: Path, server_python: Optional[P
     try:
         app.install_extension(blender, zip_path, None if server_python is None else str(server_python))
     except app.BlenderError as exc:
-        raise SetupError(exc.one_line())
-    where = "" if server_python is None else "; its server python is {}".format(server_python)
-    step("the add-on is installed and enabled in Blender {}{}".format(blender, where))
+        raise SetupError(exc.one_line()) from exc
+    where = "" if server_python is None else f"; its server python is {server_python}"
+    step(f"the add-on is installed and enabled in Blender {blender}{where}")
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = UsageParser(prog="vendor_setup.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--venv", type=Path, default=REPO / ".venv", help="where the venv goes (default: .venv beside this script)")
+    parser.add_argument("--venv", type=Path, default=REPO / ".venv",
+                        help="where the venv goes (default: .venv beside this script)")
     parser.add_argument("--dev", action="store_true", help="also install the test tools (the dev extra)")
     parser.add_argument("--print-python", action="store_true", help="print the venv's python path; install nothing")
     parser.add_argument("--build-addon", action="store_true",
@@ -366,21 +369,21 @@ def setup(venv: Path, dev: bool, env: Mapping[str, str]) -> None:
     if not python.exists():
         create_venv(venv)
     else:
-        step("reusing venv at {}".format(venv))
+        step(f"reusing venv at {venv}")
     pyinfo = query_python(python)
     check_python([int(part) for part in pyinfo["version"].split(".")], str(python))
     choice = choose_torch(env, pyinfo, nvidia_present(), pip_find_links(python, env))
     step("torch build: {} ({})".format(" ".join(choice.pip_args + [choice.spec]), choice.reason))
     data = stamp_data(dev, choice, pyinfo)
     if stamp_matches(venv, data) and imports_ok(python):
-        step("environment at {} is up to date; nothing to do".format(venv))
+        step(f"environment at {venv} is up to date; nothing to do")
         return
     install(venv, python, dev, choice)
     write_stamp(venv, data)
-    step("done; server python: {}".format(python))
+    step(f"done; server python: {python}")
 
 
-def main(argv: Optional[Sequence[str]] = None, version_info: Sequence[int] = sys.version_info) -> int:
+def main(argv: Sequence[str] | None = None, version_info: Sequence[int] = sys.version_info) -> int:
     """Entry point; returns the exit code."""
     try:
         check_python(version_info, sys.executable)
@@ -389,7 +392,7 @@ def main(argv: Optional[Sequence[str]] = None, version_info: Sequence[int] = sys
         if args.print_python:
             check_venv_target(venv)
             if not venv_python(venv).exists():
-                raise SetupError("no environment at {}; run python vendor_setup.py first".format(venv))
+                raise SetupError(f"no environment at {venv}; run python vendor_setup.py first")
             print(venv_python(venv))
             return 0
         # Found (or refused) before the venv is made, so a bad --blender changes nothing.
@@ -405,7 +408,7 @@ def main(argv: Optional[Sequence[str]] = None, version_info: Sequence[int] = sys
             step("Blender not found (pass --blender PATH or set $BLENDER to install the add-on); "
                  "without it, sdi-blender export writes RUN_DIR/export/mesh.glb to import by hand")
     except (SetupError, OSError) as exc:  # OSError: e.g. no permission to write the venv
-        print("error: {}".format(exc), file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

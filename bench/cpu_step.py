@@ -1,10 +1,10 @@
 """CPU benchmark: the tiny-preset training step, and the hash grid against a reference.
 
-1. The real :class:`~sdi_blender.server.trainer.Trainer` at the ``test`` preset with the
+1. The real :class:`~sdi_blender.server.training.trainer.Trainer` at the ``test`` preset with the
    ``tiny`` model (64×64 renders, 32 samples per ray) for SDI and SDS: median ms per step
-   after a warm-up, split by stage (:class:`~sdi_blender.server.step_timer.StepTimer`), and
+   after a warm-up, split by stage (:class:`~sdi_blender.server.util.step_timer.StepTimer`), and
    the host-side cost of fetching and reporting the loss values.
-2. :class:`~sdi_blender.server.field.HashGridEncoding` at the paper's size (16 levels × 2
+2. :class:`~sdi_blender.server.scene.field.HashGridEncoding` at the paper's size (16 levels × 2
    features, tables of 2^19, all levels unlocked) against a straightforward implementation of
    the same grid written here (a loop over levels and the 8 voxel corners, autograd for every
    derivative): the two must agree on outputs and gradients, then points/s of each for the
@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
-from sdi_blender.server import run_dir
-from sdi_blender.server.field import HashGridEncoding
-from sdi_blender.server.prior import StableDiffusionPrior
-from sdi_blender.server.step_timer import StepTimer, summarise
-from sdi_blender.server.train_config import make_config
-from sdi_blender.server.trainer import Trainer
+from sdi_blender.server.diffusion.prior import StableDiffusionPrior
+from sdi_blender.server.scene.field import HashGridEncoding
+from sdi_blender.server.training import run_dir
+from sdi_blender.server.training.config import make_config
+from sdi_blender.server.training.trainer import Trainer
+from sdi_blender.server.util.step_timer import StepTimer, summarise
 
 PRIMES = (1, 2654435761, 805459861)  # Instant-NGP's hash primes per axis
 

@@ -6,7 +6,7 @@ as a diffusers folder and loads it through the product's ``StableDiffusionPrior`
 
 * **bare calls**, fp16, CUDA events: the UNet at the batch one step's calls use (4 prompt
   variants with Perp-Neg, 2 without), and the VAE encoder forward + backward at 512×512;
-* **rows**: the real :class:`~sdi_blender.server.trainer.Trainer` at the ``paper`` preset,
+* **rows**: the real :class:`~sdi_blender.server.training.trainer.Trainer` at the ``paper`` preset,
   a warm-up and then ``--steps`` steps timed by stage (render, VAE encode + backward, SDI
   inversion, guided prediction, Adam update, other). The steps are spread over the 10,000-step
   schedule (t anneals 980 → 250, so SDI's inversion shrinks from 11 UNet calls to 4, and the
@@ -78,12 +78,11 @@ def build_sd21_base(folder: Path, device: str, configs: dict[str, dict] | None =
     all a random text encoder needs; the sequence length (77) is SD's.
     """
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from sdi_blender.server.tiny_model import write_tiny_tokenizer
-
     from diffusers.utils import logging as diffusers_logging
+    from transformers import CLIPTextConfig, CLIPTextModel
     from transformers.utils import logging as transformers_logging
+
+    from sdi_blender.server.diffusion.tiny_model import write_tiny_tokenizer
 
     for log in (diffusers_logging, transformers_logging):  # no casting notes or progress bars
         log.set_verbosity_error()
@@ -155,7 +154,7 @@ def bare_vae_ms(prior, repeats: int) -> float:
 
 def unet_calls(method: str, t: int) -> int:
     """UNet calls of one step at timestep t: SDI's inversion hops plus the final prediction."""
-    from sdi_blender.server.guidance import inversion_timesteps
+    from sdi_blender.server.diffusion.guidance import inversion_timesteps
 
     return 1 + (len(inversion_timesteps(t, 100, grid_limit=t)) - 1 if method == "sdi" else 0)
 
@@ -189,7 +188,7 @@ BARE_VARIANTS = {"eager": {}, "compiled": {"compile_unet": "auto"},
 
 def measure_bare(prior, repeats: int) -> dict:
     """Bare UNet (per prompt-batch size) and VAE encoder fwd + bwd ms for each speed variant."""
-    from sdi_blender.server.prior import SpeedConfig
+    from sdi_blender.server.diffusion.prior import SpeedConfig
 
     out: dict = {"unet_ms": {}, "vae_fwd_bwd_ms": {}}
     for name, speed in BARE_VARIANTS.items():
@@ -208,10 +207,10 @@ def run_row(prior, row: Row, preset: str, steps: int, warmup: int, bare: dict, f
             **settings: object) -> dict:
     """Time the real trainer for ``row``: warm-up, then ``steps`` steps spread over the schedule
     (``settings`` override the preset's, as ``make_config`` takes them)."""
-    from sdi_blender.server import run_dir
-    from sdi_blender.server.step_timer import StepTimer, summarise
-    from sdi_blender.server.train_config import make_config
-    from sdi_blender.server.trainer import Trainer
+    from sdi_blender.server.training import run_dir
+    from sdi_blender.server.training.config import make_config
+    from sdi_blender.server.training.trainer import Trainer
+    from sdi_blender.server.util.step_timer import StepTimer, summarise
 
     config = make_config("a ripe strawberry", preset, model=prior.model_id, method=row.method,
                          perp_neg=row.perp_neg, checkpoint_every=10 ** 9, preview_every=10 ** 9,
@@ -253,7 +252,7 @@ def run_row(prior, row: Row, preset: str, steps: int, warmup: int, bare: dict, f
 def run_overheads(trainer, config) -> dict[str, float]:
     """What a real run does besides its steps: a preview image every ``preview_every`` steps
     and a checkpoint every ``checkpoint_every`` (at the preset's own intervals)."""
-    from sdi_blender.server.train_config import PRESETS, make_config
+    from sdi_blender.server.training.config import PRESETS, make_config
 
     every = make_config("x", config.preset)
     cuda = trainer.device.type == "cuda"
@@ -317,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run_cpu:
         args.steps, args.warmup, args.repeats = 2, 1, 1
 
-    from sdi_blender.server.prior import StableDiffusionPrior
+    from sdi_blender.server.diffusion.prior import StableDiffusionPrior
 
     device = "cpu" if args.dry_run_cpu else "cuda"
     started = time.perf_counter()
@@ -339,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results.append(run_row(prior, row, preset, args.steps, args.warmup, bare,
                                        Path(tmp) / "run", **small))
-            except Exception as exc:  # noqa: BLE001 - one failed row (OOM, divergence) keeps the rest
+            except Exception as exc:
                 results.append({"name": row.name, "error": f"{type(exc).__name__}: {exc}"})
     env = environment(prior.device)
     paper = next((r for r in results if r["name"] == "sdi-perpneg" and "error" not in r), None)

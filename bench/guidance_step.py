@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from sdi_blender.server.guidance import ScoreDistillation
-from sdi_blender.server.prior import StableDiffusionPrior
+from sdi_blender.server.diffusion.guidance import ScoreDistillation
+from sdi_blender.server.diffusion.prior import StableDiffusionPrior
 
 
 def time_steps(prior: StableDiffusionPrior, method: str, steps: int, t: int) -> list[float]:

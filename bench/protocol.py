@@ -40,7 +40,7 @@ def main() -> None:
         try:
             with server.connect() as client, server.connect() as poller:
                 idle_rps = round_trips(poller)
-                job = client.request("generate", prompt="a red apple", preset="test", steps=args.steps,
+                client.request("generate", prompt="a red apple", preset="test", steps=args.steps,
                                      resolution=32)["job"]
                 busy_rps = round_trips(poller)
                 latencies, count, first, last = [], 0, None, None

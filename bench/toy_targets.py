@@ -20,16 +20,16 @@ from pathlib import Path
 
 import torch
 
-from sdi_blender.server.cameras import orbit_cameras
-from sdi_blender.server.evaluate import load_renderer
-from sdi_blender.server.generate import GenerateRequest, run_generate
-from sdi_blender.server.guidance import METHODS, ScoreDistillation
-from sdi_blender.server.prompts import PromptOptions
-from sdi_blender.server.renderer import as_image, render_views
-from sdi_blender.server.shading import ShadingConfig
-from sdi_blender.server.toy_objects import TOY_OBJECTS, toy_object
-from sdi_blender.server.toy_prior import ToyWorldPrior
-from sdi_blender.server.toy_render import orbit_views, render_toy
+from sdi_blender.server.commands.generate import GenerateRequest, run_generate
+from sdi_blender.server.diffusion.guidance import METHODS, ScoreDistillation
+from sdi_blender.server.diffusion.prompts import PromptOptions
+from sdi_blender.server.scene.cameras import orbit_cameras
+from sdi_blender.server.scene.renderer import as_image, render_views
+from sdi_blender.server.scene.shading import ShadingConfig
+from sdi_blender.server.toyworld.objects import TOY_OBJECTS, toy_object
+from sdi_blender.server.toyworld.prior import ToyWorldPrior
+from sdi_blender.server.toyworld.render import orbit_views, render_toy
+from sdi_blender.server.training.checkpoint import load_renderer
 
 TIMESTEPS = (800, 600, 400, 300)
 AZIMUTHS = tuple(float(a) for a in range(0, 360, 30))

@@ -1,8 +1,9 @@
 """The ``sdi-blender`` command.
 
 Parses arguments without importing torch (so usage errors are instant), then hands
-over to the server modules, which validate the settings before loading any model. Every user-facing failure is one line on stderr and exit
-code 2; an interrupted run exits 130. Nothing is written until a result is complete.
+over to the server modules, which validate the settings before loading any model.
+Every user-facing failure is one line on stderr and exit code 2; an interrupted run
+exits 130. Nothing is written until a result is complete.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from .server.generate import GenerateRequest, run_generate
+    from .server.commands.generate import GenerateRequest, run_generate
 
     if (args.out is None) == (args.resume is None):
         raise UserError("give exactly one of --out RUN_DIR (a new run) and --resume RUN_DIR")
@@ -110,7 +111,7 @@ def _run_generate(args: argparse.Namespace) -> int:
                           device=args.device, preset=args.preset,
                           settings={k: getattr(args, k) for k in names})
     if req.settings.get("model"):
-        from .server.model_source import check_model_name
+        from .server.diffusion.model_source import check_model_name
 
         check_model_name(req.settings["model"])
     result = run_generate(req)
@@ -146,7 +147,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     from . import blender_app
-    from .server.export import ExportSettings, export_run
+    from .server.export.pipeline import ExportSettings, export_run
 
     settings = ExportSettings(resolution=args.resolution, threshold=args.threshold,
                               texture_size=args.texture_size, faces=args.faces, format=args.format)
@@ -194,7 +195,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from .server.service import serve
+    from .server.service.server import serve
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"port must be between 0 and 65535, got {args.port}")
@@ -224,10 +225,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from .server.clip_metrics import DEFAULT_CLIP
-    from .server.eval_report import check_report_dir, write_report
-    from .server.evaluate import evaluate, group_summary
-    from .server.prior import resolve_device
+    from .server.evaluation.clip_metrics import DEFAULT_CLIP
+    from .server.evaluation.evaluate import evaluate, group_summary
+    from .server.evaluation.report import check_report_dir, write_report
+    from .server.util.devices import resolve_device
 
     runs = [r.expanduser() for r in args.runs]
     out = (args.out or (runs[0] / "eval" if len(runs) == 1 else Path("eval-report"))).expanduser()
@@ -261,9 +262,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from .server.clip_metrics import DEFAULT_CLIP
-    from .server.compare import CompareRequest, default_out, run_compare
-    from .server.model_source import check_model_name
+    from .server.commands.compare import CompareRequest, default_out, run_compare
+    from .server.diffusion.model_source import check_model_name
+    from .server.evaluation.clip_metrics import DEFAULT_CLIP
 
     if args.model:
         check_model_name(args.model)
@@ -280,9 +281,9 @@ def _strip_path(out: Path) -> Path:
 
 
 def _run_distill2d(args: argparse.Namespace) -> int:
-    from .server.distill2d import Distill2DConfig, run_distill2d
-    from .server.images import check_output_path
-    from .server.model_source import check_model_name
+    from .server.commands.distill2d import Distill2DConfig, run_distill2d
+    from .server.diffusion.model_source import check_model_name
+    from .server.util.images import check_output_path
 
     names = ("negative_prompt", "method", "steps", "lr", "guidance_scale", "t_max", "t_min",
              "seed", "model", "frames")

@@ -98,7 +98,7 @@ class Client:
                     box.put(message)
                 if "job" in message or box is None:
                     self.events.put(message)
-        except Exception as exc:  # noqa: BLE001 - any failure ends the connection
+        except Exception as exc:
             self.events.put({"event": "error", "code": "disconnected", "message": str(exc), "hint": ""})
             return
         self._fail_waiting("the server closed the connection")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import blender_harness as h
 import bpy
@@ -60,7 +61,7 @@ def describe(obj: Any) -> dict:
     mesh = obj.data
     nodes = {n.type: n for mat in mesh.materials for n in mat.node_tree.nodes}
     bsdf, tex = nodes.get("BSDF_PRINCIPLED"), nodes.get("TEX_IMAGE")
-    base_links = [l.from_node.type for l in bsdf.inputs["Base Color"].links] if bsdf else []
+    base_links = [link.from_node.type for link in bsdf.inputs["Base Color"].links] if bsdf else []
     coords = [v.co for v in mesh.vertices]
     lo = [min(c[i] for c in coords) for i in range(3)]
     hi = [max(c[i] for c in coords) for i in range(3)]

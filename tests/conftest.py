@@ -30,7 +30,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def prior(model_cache: Path):
     """The tiny Stable-Diffusion-architecture prior on CPU (fp32)."""
     pytest.importorskip("torch")
-    from sdi_blender.server.prior import StableDiffusionPrior
+    from sdi_blender.server.diffusion.prior import StableDiffusionPrior
 
     return StableDiffusionPrior("tiny", device="cpu")
 
@@ -39,6 +39,6 @@ def prior(model_cache: Path):
 def toy_prior(model_cache: Path):
     """The toy world's exact-denoiser prior on CPU (built into the session cache once)."""
     pytest.importorskip("torch")
-    from sdi_blender.server.priors import load_prior
+    from sdi_blender.server.training.priors import load_prior
 
     return load_prior("toyworld", device="cpu")

@@ -168,8 +168,8 @@ def test_toy_world_object_arrives_in_blender_the_right_way_round(addon_zip: Path
     import numpy as np
     import trimesh
 
-    from sdi_blender.server.toy_objects import TOY_OBJECTS
-    from sdi_blender.server.toy_score import blender_mesh_scores
+    from sdi_blender.server.evaluation.toy_score import blender_mesh_scores
+    from sdi_blender.server.toyworld.objects import TOY_OBJECTS
 
     r = run_scenario("toy_object", addon_zip, tmp_path)
     assert r["generate"] == "FINISHED", r["generate"]

@@ -73,7 +73,7 @@ def test_bench_schedule_positions_and_unet_calls():
 def test_cpu_bench_reference_grid_matches_the_encoding():
     from cpu_step import reference_encoding
 
-    from sdi_blender.server.field import HashGridEncoding
+    from sdi_blender.server.scene.field import HashGridEncoding
 
     torch.manual_seed(0)
     enc = HashGridEncoding(n_levels=6, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0,
@@ -94,7 +94,7 @@ def test_the_benchmark_model_folder_loads_through_the_product_path(model_cache, 
     """build_sd21_base's folder (here with miniature configs) loads as a StableDiffusionPrior."""
     from gpu_step import build_sd21_base, sd21_base_configs
 
-    from sdi_blender.server.prior import StableDiffusionPrior
+    from sdi_blender.server.diffusion.prior import StableDiffusionPrior
 
     cfg = sd21_base_configs()
     cfg["unet"].update(sample_size=8, block_out_channels=(32, 32, 64, 64), attention_head_dim=(2, 2, 4, 4),

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_export import run  # noqa: F401  (the tiny two-step run, for export --open)
+from test_vendor_setup import _run, vs
 
 from sdi_blender import blender_app
 from sdi_blender.blender_app import BlenderError, find_blender, import_expression, open_in_blender
 from sdi_blender.cli import main
-from test_export import run  # noqa: F401  (the tiny two-step run, for export --open)
-from test_vendor_setup import _run, vs
 
 FAKE_BLENDER = '''#!{python}
 """A stand-in for Blender, backed by the bpy module; appends its argv to $FAKE_BLENDER_LOG."""
@@ -192,7 +192,8 @@ def test_failed_install_is_one_error_line(fake_blender: FakeBlender, tmp_path: P
 
 def test_vendor_setup_command_installs_into_the_given_blender(fake_blender: FakeBlender, tmp_path: Path) -> None:
     # --build-addon skips the venv work; --venv names an existing one for the server python.
-    args = ["--build-addon", "--dist", str(tmp_path / "dist"), "--venv", sys.prefix, "--blender", str(fake_blender.path)]
+    args = ["--build-addon", "--dist", str(tmp_path / "dist"), "--venv", sys.prefix,
+            "--blender", str(fake_blender.path)]
     for _ in range(2):  # the second run reinstalls over the first copy
         proc = _run(args)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -239,7 +240,7 @@ def test_open_in_blender_imports_the_run(fake_blender: FakeBlender, tmp_path: Pa
 
 def test_import_expression_imports_the_glb_with_or_without_the_addon(
         run: Path, fake_blender: FakeBlender, tmp_path: Path) -> None:  # noqa: F811
-    from sdi_blender.server.export import ExportSettings, export_run
+    from sdi_blender.server.export.pipeline import ExportSettings, export_run
 
     faces = export_run(run, ExportSettings(resolution=32, texture_size=64), device="cpu").info["faces"]
     # One new mesh holding the export's triangles, through the add-on's operator once it is there.

@@ -7,9 +7,17 @@ import math
 import pytest
 import torch
 
-from sdi_blender.server.cameras import (CameraConfig, Cameras, camera_rays, look_at, orbit_cameras,
-                                        perturb_pose, sample_cameras, spherical_position,
-                                        turntable_cameras)
+from sdi_blender.server.scene.cameras import (
+    CameraConfig,
+    Cameras,
+    camera_rays,
+    look_at,
+    orbit_cameras,
+    perturb_pose,
+    sample_cameras,
+    spherical_position,
+    turntable_cameras,
+)
 
 
 def _front(size: int = 5, fovy: float = 60.0, height: int | None = None) -> Cameras:

@@ -9,9 +9,15 @@ import torch
 from safetensors.torch import load_file
 
 from sdi_blender.errors import ModelUnavailable, UserError
-from sdi_blender.server import clip_metrics
-from sdi_blender.server.clip_metrics import (
-    BATCH_SIZE, CLIP_FILES, DEFAULT_CLIP, IQA_ANCHORS, ClipJudge, build_tiny_clip, tiny_clip_path,
+from sdi_blender.server.evaluation import clip_metrics
+from sdi_blender.server.evaluation.clip_metrics import (
+    BATCH_SIZE,
+    CLIP_FILES,
+    DEFAULT_CLIP,
+    IQA_ANCHORS,
+    ClipJudge,
+    build_tiny_clip,
+    tiny_clip_path,
 )
 
 # CLIP's normalisation constants (OpenAI CLIP, as in every CLIP preprocessor config).

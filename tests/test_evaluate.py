@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from sdi_blender.cli import main
-from sdi_blender.server import run_dir
-from sdi_blender.server.clip_metrics import ClipJudge
-from sdi_blender.server.evaluate import evaluate, group_summary
-from sdi_blender.server.field import EnvironmentBackground, ImplicitVolume
-from sdi_blender.server.train_config import make_config
+from sdi_blender.server.evaluation.clip_metrics import ClipJudge
+from sdi_blender.server.evaluation.evaluate import evaluate, group_summary
+from sdi_blender.server.scene.field import EnvironmentBackground, ImplicitVolume
+from sdi_blender.server.training import run_dir
+from sdi_blender.server.training.config import make_config
 
 SIZE, VIEWS = 32, 3
 

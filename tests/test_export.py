@@ -12,10 +12,10 @@ import trimesh
 
 from sdi_blender.cli import main
 from sdi_blender.errors import UserError
-from sdi_blender.server import run_dir
-from sdi_blender.server.export import TO_GLTF, ExportSettings, export_run
-from sdi_blender.server.train_config import make_config
-from sdi_blender.server.trainer import Trainer
+from sdi_blender.server.export.pipeline import TO_GLTF, ExportSettings, export_run
+from sdi_blender.server.training import run_dir
+from sdi_blender.server.training.config import make_config
+from sdi_blender.server.training.trainer import Trainer
 
 FAST = ExportSettings(resolution=48, texture_size=128)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from sdi_blender.errors import UserError
-from sdi_blender.server.export import ExportSettings
-from sdi_blender.server.export_process import ExportCancelled, ExportCrashed, export_in_child
+from sdi_blender.server.export.child import ExportCancelled, ExportCrashed, export_in_child
+from sdi_blender.server.export.pipeline import ExportSettings
 
 # Export functions for the child: module-level, so that it can import them by name.
 

@@ -1,4 +1,4 @@
-"""The hash-grid implicit volume and the environment-map background (sdi_blender.server.field)."""
+"""The hash-grid implicit volume and the environment-map background (sdi_blender.server.scene.field)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from sdi_blender.server.field import (  # noqa: E402
+from sdi_blender.server.scene.field import (  # noqa: E402
     BackgroundConfig,
     EnvironmentBackground,
     FieldConfig,
@@ -85,7 +85,7 @@ def test_points_on_the_upper_faces_stay_in_their_table():
 
 def test_chunked_interpolation_matches_unchunked(monkeypatch):
     """Points are processed in chunks; values and both kinds of gradient must not depend on it."""
-    from sdi_blender.server import field as field_module
+    from sdi_blender.server.scene import field as field_module
 
     torch.manual_seed(0)
     field = ImplicitVolume(FieldConfig(radius=1.0, **SMALL))
@@ -272,7 +272,7 @@ def test_background_colours_and_gradients():
 
 
 def test_spherical_harmonics_are_orthonormal():
-    from sdi_blender.server.background import spherical_harmonics_deg2
+    from sdi_blender.server.scene.background import spherical_harmonics_deg2
 
     torch.manual_seed(0)
     d = F.normalize(torch.randn(400_000, 3, dtype=torch.float64), dim=-1)
@@ -283,7 +283,7 @@ def test_spherical_harmonics_are_orthonormal():
 
 def test_any_encoding_can_back_the_field():
     """The field only needs the Encoding protocol (so a fused GPU kernel can replace the grid)."""
-    from sdi_blender.server.field import Encoding
+    from sdi_blender.server.scene.field import Encoding
 
     class Fourier(torch.nn.Module):
         n_output_dims = 6

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from sdi_blender.cli import main
-from sdi_blender.server import run_dir
+from sdi_blender.server.training import run_dir
 
 SMALL = ["--model", "tiny", "--preset", "test", "--device", "cpu", "--resolution", "32",
          "--steps", "4", "--preview-every", "2", "--checkpoint-every", "2"]

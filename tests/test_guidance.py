@@ -6,8 +6,13 @@ import pytest
 import torch
 from analytic import GaussianPredictor
 
-from sdi_blender.server.guidance import (
-    CLEAN, NoisePredictor, ScoreDistillation, annealed_timestep, ddim_invert, ddim_sample,
+from sdi_blender.server.diffusion.guidance import (
+    CLEAN,
+    NoisePredictor,
+    ScoreDistillation,
+    annealed_timestep,
+    ddim_invert,
+    ddim_sample,
     inversion_timesteps,
 )
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sdi_blender.server import run_dir
-from sdi_blender.server.loss_scaling import INIT_SCALE, make_adam, make_scaler
-from sdi_blender.server.trainer import Trainer
+from sdi_blender.server.training import run_dir
+from sdi_blender.server.training.loss_scaling import INIT_SCALE, make_adam, make_scaler
+from sdi_blender.server.training.trainer import Trainer
 
 RMS = (0.01, 0.1, 1.0)
 
@@ -73,7 +73,7 @@ def test_scaled_fp16_vae_gradient_matches_fp32(vaes):
     reference = _render_gradients(vae32, scaled=False)
     scaled = _render_gradients(vae16, scaled=True)
     unscaled = _render_gradients(vae16, scaled=False)
-    for rms, g32, g16, bare in zip(RMS, reference, scaled, unscaled):
+    for rms, g32, g16, _bare in zip(RMS, reference, scaled, unscaled):
         assert F.cosine_similarity(g16, g32, dim=0) >= 0.99, rms
         torch.testing.assert_close(g16.norm(), g32.norm(), rtol=0.02, atol=0)
     # The bug it fixes: unscaled, the small residual's gradient underflows to (almost) zero.
@@ -108,7 +108,7 @@ def test_scaling_is_off_unless_the_prior_is_fp16():
 # -- the trainer with an fp16 prior -------------------------------------------------------
 @pytest.fixture(scope="module")
 def prior16(model_cache: Path):
-    from sdi_blender.server.prior import StableDiffusionPrior
+    from sdi_blender.server.diffusion.prior import StableDiffusionPrior
 
     return StableDiffusionPrior("tiny", device="cpu", dtype=torch.float16)
 

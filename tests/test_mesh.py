@@ -1,4 +1,4 @@
-"""Density field → mesh (sdi_blender.server.mesh): sampling, levels, cleanup, decimation."""
+"""Density field → mesh (sdi_blender.server.export.mesh): sampling, levels, cleanup, decimation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ pytest.importorskip("mcubes")
 pytest.importorskip("trimesh")
 
 from sdi_blender.errors import UserError  # noqa: E402
-from sdi_blender.server.mesh import (  # noqa: E402
+from sdi_blender.server.export.mesh import (  # noqa: E402
     MeshSettings,
     auto_threshold,
     build_mesh,

@@ -9,11 +9,18 @@ import pytest
 import torch
 
 from sdi_blender.errors import ModelUnavailable, UserError
-from sdi_blender.server.model_source import resolve_model_source
-from sdi_blender.server.prior import StableDiffusionPrior
-from sdi_blender.server.prompts import (
-    BACK, FRONT, OVERHEAD, SIDE, PromptOptions, direction_index, perp_neg_mix,
-    perpendicular_component, view_prompts,
+from sdi_blender.server.diffusion.model_source import resolve_model_source
+from sdi_blender.server.diffusion.prior import StableDiffusionPrior
+from sdi_blender.server.diffusion.prompts import (
+    BACK,
+    FRONT,
+    OVERHEAD,
+    SIDE,
+    PromptOptions,
+    direction_index,
+    perp_neg_mix,
+    perpendicular_component,
+    view_prompts,
 )
 
 
@@ -155,7 +162,7 @@ def test_incomplete_local_model_and_missing_path(tmp_path: Path):
 
 
 def test_precision_is_fp16_on_cuda_and_fp32_on_cpu():
-    from sdi_blender.server.prior import default_dtype
+    from sdi_blender.server.util.devices import default_dtype
 
     assert default_dtype(torch.device("cuda")) == torch.float16
     assert default_dtype(torch.device("cpu")) == torch.float32
@@ -173,7 +180,7 @@ def test_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path: Path):
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    code = ("from sdi_blender.server.prior import StableDiffusionPrior as P; "
+    code = ("from sdi_blender.server.diffusion.prior import StableDiffusionPrior as P; "
             "p = P('sdi-test/cached-tiny', device='cpu'); print(p.image_size)")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=120)
@@ -223,7 +230,7 @@ def test_vae_checkpointing_gives_the_same_gradients(prior):
 
 
 def test_speed_config_defaults_and_compile_mode():
-    from sdi_blender.server.prior import SpeedConfig
+    from sdi_blender.server.diffusion.prior import SpeedConfig
 
     speed = SpeedConfig()
     assert speed.compile_mode(torch.device("cpu")) is None  # off by default until a GPU run measures it
@@ -237,7 +244,7 @@ def test_speed_config_defaults_and_compile_mode():
 
 
 def test_apply_speed_on_cpu_changes_nothing(prior):
-    from sdi_blender.server.prior import SpeedConfig
+    from sdi_blender.server.diffusion.prior import SpeedConfig
 
     prior.apply_speed(SpeedConfig(channels_last=True))  # channels-last applies on CUDA only
     assert prior.memory_format == torch.contiguous_format and prior._compiled is None
@@ -253,7 +260,7 @@ def test_a_failing_compiled_unet_falls_back_with_one_warning(prior, caplog):
 
     prior._compiled, prior._compile_mode = broken, "default"
     try:
-        with caplog.at_level("WARNING", logger="sdi_blender.server.prior"):
+        with caplog.at_level("WARNING", logger="sdi_blender.server.diffusion.prior"):
             out = prior.unet_eps(x, t, text)
             again = prior.unet_eps(x, t, text)
     finally:

@@ -7,7 +7,13 @@ import json
 import pytest
 
 from sdi_blender.protocol import (
-    ERROR_CODES, MAX_MESSAGE_BYTES, REQUESTS, ProtocolError, decode, encode, error_event,
+    ERROR_CODES,
+    MAX_MESSAGE_BYTES,
+    REQUESTS,
+    ProtocolError,
+    decode,
+    encode,
+    error_event,
     validate_request,
 )
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from sdi_blender.server import regularizers as reg
-from sdi_blender.server.regularizers import LossWeights, ramp
+from sdi_blender.server.training import regularizers as reg
+from sdi_blender.server.training.regularizers import LossWeights, ramp
 
 
 def test_ramp_constants_and_linear_schedules():
@@ -150,8 +150,8 @@ class _Fog(torch.nn.Module):
 def test_rendered_z_variance_is_normalised_by_opacity():
     """The official z-variance: depth variance *given a hit* (weights / opacity), so a
     semi-transparent ray's value is that of its depth distribution, not 100× larger."""
-    from sdi_blender.server.cameras import orbit_cameras
-    from sdi_blender.server.renderer import RendererConfig, VolumeRenderer
+    from sdi_blender.server.scene.cameras import orbit_cameras
+    from sdi_blender.server.scene.renderer import RendererConfig, VolumeRenderer
 
     sigma = 0.916  # opacity 1 − e^(−σ·1) ≈ 0.6 through the centre
     renderer = VolumeRenderer(_Fog(sigma), lambda d: torch.zeros_like(d), 1.0,

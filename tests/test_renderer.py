@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from sdi_blender.server.cameras import orbit_cameras
-from sdi_blender.server.renderer import RendererConfig, VolumeRenderer, ray_box_interval, render_views
+from sdi_blender.server.scene.cameras import orbit_cameras
+from sdi_blender.server.scene.renderer import RendererConfig, VolumeRenderer, ray_box_interval, render_views
 
 ALBEDO = (0.2, 0.4, 0.6)
 BACKGROUND = (0.9, 0.1, 0.1)

@@ -305,8 +305,8 @@ def test_job_faults_in_process(tmp_path: Path):
     import torch
 
     from sdi_blender.errors import ModelUnavailable
-    from sdi_blender.server.jobs import JobManager
-    from sdi_blender.server.trainer import RunResult
+    from sdi_blender.server.service.jobs import JobManager
+    from sdi_blender.server.training.trainer import RunResult
 
     events: dict[str, list[dict]] = {}
     finished = threading.Semaphore(0)

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from sdi_blender.server.shading import SHADINGS, ShadingConfig, pick_shading, shade
+from sdi_blender.server.scene.shading import SHADINGS, ShadingConfig, pick_shading, shade
 
 
 def test_defaults_are_the_official_values():

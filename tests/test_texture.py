@@ -8,7 +8,7 @@ import pytest
 trimesh = pytest.importorskip("trimesh")
 pytest.importorskip("xatlas")
 
-from sdi_blender.server.texture import (  # noqa: E402
+from sdi_blender.server.export.texture import (  # noqa: E402
     bake_texture,
     dilate,
     rasterize_uv,

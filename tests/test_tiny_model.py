@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdi_blender.server import tiny_model
-from sdi_blender.server.model_source import resolve_model_source
+from sdi_blender.server.diffusion import tiny_model
+from sdi_blender.server.diffusion.model_source import resolve_model_source
+from sdi_blender.server.util import cache
 
 
 def test_tiny_model_has_the_stable_diffusion_layout(model_cache: Path):
@@ -70,7 +71,7 @@ def test_tiny_tokenizer_spells_words_byte_by_byte(tmp_path: Path):
 
 def test_cache_location_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("SDI_BLENDER_CACHE", str(tmp_path / "c"))
-    assert tiny_model.cache_root() == tmp_path / "c"
+    assert cache.cache_root() == tmp_path / "c"
     monkeypatch.delenv("SDI_BLENDER_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert tiny_model.cache_root() == tmp_path / "x" / "sdi-blender"
+    assert cache.cache_root() == tmp_path / "x" / "sdi-blender"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sdi_blender.server.generate import GenerateRequest, run_generate
-from sdi_blender.server.toy_objects import TOY_OBJECTS
-from sdi_blender.server.toy_score import score_run
+from sdi_blender.server.commands.generate import GenerateRequest, run_generate
+from sdi_blender.server.evaluation.toy_score import score_run
+from sdi_blender.server.toyworld.objects import TOY_OBJECTS
 
 pytestmark = pytest.mark.e2e
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from sdi_blender.errors import UserError
-from sdi_blender.server.guidance import NoisePredictor, ScoreDistillation
-from sdi_blender.server.priors import Prior
-from sdi_blender.server.prompts import PromptOptions
-from sdi_blender.server.shading import ShadingConfig
-from sdi_blender.server.toy_objects import TOY_OBJECTS, TOY_PROMPTS, check_toy_prompt
-from sdi_blender.server.toy_prior import shading_probabilities
-from sdi_blender.server.toy_render import BACKGROUND, orbit_views, render_toy
-from sdi_blender.server.toy_score import turntable_views
+from sdi_blender.server.diffusion.guidance import NoisePredictor, ScoreDistillation
+from sdi_blender.server.diffusion.prompts import PromptOptions
+from sdi_blender.server.evaluation.toy_score import turntable_views
+from sdi_blender.server.scene.shading import ShadingConfig
+from sdi_blender.server.toyworld.objects import TOY_OBJECTS, TOY_PROMPTS, check_toy_prompt
+from sdi_blender.server.toyworld.prior import shading_probabilities
+from sdi_blender.server.toyworld.render import BACKGROUND, orbit_views, render_toy
+from sdi_blender.server.training.priors import Prior
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_front_view_prompt_denoises_toward_front_pictures(toy):
 
 
 def test_pictures_are_built_deterministically():
-    from sdi_blender.server.toy_prior import build_pictures
+    from sdi_blender.server.toyworld.prior import build_pictures
 
     a, b = build_pictures(views_per_object=4), build_pictures(views_per_object=4)
     assert torch.equal(a.images, b.images) and torch.equal(a.view, b.view)
@@ -181,7 +181,7 @@ class _ToyField(torch.nn.Module):
         self.obj, self.dummy = obj, torch.nn.Parameter(torch.zeros(()))
 
     def _sdf(self, x: torch.Tensor) -> torch.Tensor:
-        from sdi_blender.server.toy_score import part_distance
+        from sdi_blender.server.evaluation.toy_score import part_distance
 
         return torch.as_tensor(np.stack([part_distance(p, x.detach().double().numpy()) for p in self.obj.parts]))
 
@@ -201,8 +201,8 @@ class _ToyField(torch.nn.Module):
 def test_the_pipeline_renders_a_toy_object_as_the_ground_truth_draws_it(obj):
     """The trainer's cameras and NeRF renderer, fed the true object as a density field, agree
     with the independent ray caster view for view: conventions match, nothing is mirrored."""
-    from sdi_blender.server.cameras import orbit_cameras
-    from sdi_blender.server.renderer import RendererConfig, VolumeRenderer
+    from sdi_blender.server.scene.cameras import orbit_cameras
+    from sdi_blender.server.scene.renderer import RendererConfig, VolumeRenderer
 
     field = _ToyField(TOY_OBJECTS[obj])
     renderer = VolumeRenderer(field, lambda d: torch.full_like(d, BACKGROUND), 1.0,
@@ -224,10 +224,10 @@ def test_eval_of_a_toy_world_run_adds_psnr_and_mask_iou_against_the_truth(tmp_pa
     perfect score, finite, and carried into metrics.json's per-run and per-group numbers."""
     import json as json_
 
-    from sdi_blender.server import run_dir
-    from sdi_blender.server.evaluate import evaluate, group_summary
-    from sdi_blender.server.field import EnvironmentBackground, ImplicitVolume
-    from sdi_blender.server.train_config import make_config
+    from sdi_blender.server.evaluation.evaluate import evaluate, group_summary
+    from sdi_blender.server.scene.field import EnvironmentBackground, ImplicitVolume
+    from sdi_blender.server.training import run_dir
+    from sdi_blender.server.training.config import make_config
 
     config = make_config(TOY_PROMPTS[0], "toy")
     run = tmp_path / "run"
@@ -248,7 +248,7 @@ def test_eval_of_a_toy_world_run_adds_psnr_and_mask_iou_against_the_truth(tmp_pa
 
 def test_cli_offers_every_preset_and_names_toy_prompts_on_a_bad_one(tmp_path, capsys):
     from sdi_blender.cli import main
-    from sdi_blender.server.train_config import PRESETS
+    from sdi_blender.server.training.config import PRESETS
 
     assert main(["generate", "a ripe strawberry", "--preset", "toy", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from sdi_blender.errors import UserError
-from sdi_blender.server import run_dir
-from sdi_blender.server.train_config import TrainConfig, make_config
-from sdi_blender.server.trainer import LossDiverged, Trainer, TrainerCallbacks
+from sdi_blender.server.training import run_dir
+from sdi_blender.server.training.config import TrainConfig, make_config
+from sdi_blender.server.training.trainer import LossDiverged, Trainer, TrainerCallbacks
 
 
 def small_config(**overrides) -> TrainConfig:
@@ -38,7 +38,7 @@ def test_gradients_reach_field_and_background(prior, tmp_path):
 
 def test_blob_init_renders_a_centred_object(prior, tmp_path):
     trainer = _trainer(prior, tmp_path)
-    from sdi_blender.server.cameras import turntable_cameras
+    from sdi_blender.server.scene.cameras import turntable_cameras
 
     cams = turntable_cameras(1, 32, 32, trainer.config.cameras)
     with torch.no_grad():
@@ -148,7 +148,7 @@ def test_schedules_are_stretched_to_the_run_length():
 
 
 def test_step_timer_times_every_stage_of_a_step(prior, tmp_path):
-    from sdi_blender.server.step_timer import StepTimer
+    from sdi_blender.server.util.step_timer import StepTimer
 
     timer = StepTimer("cpu")
     trainer = _trainer(prior, tmp_path, timer=timer)
@@ -165,7 +165,7 @@ def test_step_timer_times_every_stage_of_a_step(prior, tmp_path):
 
 
 def test_timing_changes_no_result(prior, tmp_path):
-    from sdi_blender.server.step_timer import StepTimer
+    from sdi_blender.server.util.step_timer import StepTimer
 
     plain = _trainer(prior, tmp_path / "a")
     timed = _trainer(prior, tmp_path / "b", timer=StepTimer("cpu"))
@@ -191,7 +191,7 @@ class _FakeEvent:
 
 
 def test_loss_values_are_read_when_they_arrive_and_at_most_two_steps_late():
-    from sdi_blender.server.trainer import _LossFetch
+    from sdi_blender.server.training.trainer import _LossFetch
 
     fetch = _LossFetch(torch.device("cpu"), max_lag=2)
     events = [_FakeEvent(done) for done in (True, False, False, False)]

@@ -277,7 +277,7 @@ def test_build_addon_writes_an_installable_zip(tmp_path: Path) -> None:
     import tomllib
 
     version = tomllib.loads((REPO / "blender_manifest.toml").read_text())["version"]
-    target = tmp_path / "sdi_blender-{}.zip".format(version)
+    target = tmp_path / f"sdi_blender-{version}.zip"
     names = zipfile.ZipFile(target).namelist()
     # Blender wants the manifest beside __init__.py at the archive's root.
     assert {"blender_manifest.toml", "__init__.py", "addon/preferences.py", "client.py", "protocol.py"} <= set(names)

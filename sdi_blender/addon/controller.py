@@ -221,7 +221,7 @@ class Controller:
             command, for_job = item
             try:
                 command()
-            except Exception as exc:  # noqa: BLE001 - the add-on must survive any failure here
+            except Exception as exc:
                 error = exc if isinstance(exc, ServerError) else ServerError(
                     "internal", f"{type(exc).__name__}: {exc}")
                 if self._client is None:

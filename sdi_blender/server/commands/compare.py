@@ -1,0 +1,81 @@
+"""The ``compare`` command: SDS and SDI on one prompt with the same seeds and settings,
+through the same trainer, then ``eval`` on all of them (the paper's comparison)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...errors import UserError
+from ..diffusion.model_source import DEFAULT_MODEL
+from ..evaluation.clip_metrics import DEFAULT_CLIP
+from ..evaluation.evaluate import evaluate, group_summary
+from ..evaluation.report import check_report_dir, write_report
+from ..training import run_dir
+from ..training.priors import Prior, load_prior
+from ..training.trainer import LossDiverged
+from ..util.devices import resolve_device
+from .generate import GenerateRequest, run_generate
+
+METHODS = ("sds", "sdi")
+
+
+@dataclass
+class CompareRequest:
+    prompt: str
+    out: Path
+    seeds: int = 3
+    preset: str = "draft"
+    clip: str = DEFAULT_CLIP
+    views: int = 8
+    size: int = 256
+    device: str = "auto"
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Training overrides shared by every run (steps, resolution, model, …)."""
+
+
+def default_out(prompt: str) -> Path:
+    """compare/<prompt as a folder name>."""
+    return Path("compare") / (re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "prompt")
+
+
+def run_compare(req: CompareRequest) -> Path:
+    """Train what is missing, evaluate everything; returns the report folder."""
+    if not 1 <= req.seeds <= 100:
+        raise UserError(f"seeds must be between 1 and 100, got {req.seeds}")
+    report = req.out / "report"
+    check_report_dir(report)  # before hours of training, not after
+    runs, prior = [], None
+    for seed in range(req.seeds):
+        for method in METHODS:
+            run = req.out / f"{method}-seed{seed}"
+            runs.append(run)
+            if _complete(run):
+                print(f"{run}: done already, kept", file=sys.stderr)
+                continue
+            prior = prior or load_prior(req.settings.get("model") or DEFAULT_MODEL,
+                                        device=resolve_device(req.device))
+            _train(req, run, method, seed, prior)
+    results = evaluate(runs, req.clip, req.views, req.size, resolve_device(req.device))
+    write_report(results, group_summary(results), report,
+                 {"clip": req.clip, "views": req.views, "size": req.size, "preset": req.preset,
+                  "seeds": req.seeds, "prompt": req.prompt})
+    return report
+
+
+def _complete(run: Path) -> bool:
+    state = run_dir.read_state(run)
+    return state.get("status") in ("done", "failed") and (run / run_dir.CHECKPOINT).is_file()
+
+
+def _train(req: CompareRequest, run: Path, method: str, seed: int, prior: Prior) -> None:
+    settings = {**req.settings, "method": method, "seed": seed}
+    gen = GenerateRequest(out=run, prompt=req.prompt, overwrite=True, device=req.device,
+                          preset=req.preset, settings=settings)
+    try:
+        run_generate(gen, prior=prior)
+    except LossDiverged as exc:  # a diverged seed is a result of the comparison, not a failure
+        print(f"{run}: {exc.message}", file=sys.stderr)

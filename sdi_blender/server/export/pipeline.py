@@ -1,0 +1,162 @@
+"""Export an optimised run as a textured mesh asset: GLB (or OBJ + MTL + PNG) for Blender.
+
+Stages: load the field from the run's checkpoint → sample its density on a grid and
+extract the iso-surface (:mod:`~sdi_blender.server.export.mesh`) → UV-unwrap and bake the
+albedo (:mod:`~sdi_blender.server.export.texture`) → write the files and ``export.json``.
+Nothing of the optimisation is touched; the export folder is written beside it and
+replaced as a whole, so a failed export leaves the previous one intact.
+
+Orientation: the field's world is Z-up with the object's front facing +X (the view the
+"front view" prompt was rendered from). The export turns it by −90° about Z so that the
+front faces −Y, Blender's Front view (numpad 1), and writes glTF's Y-up axes, which
+Blender's importers turn back to Z-up. Units: one scene unit is one metre (the object
+is about a metre across).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...errors import UserError
+from ..scene.field import ImplicitVolume
+from ..training.checkpoint import load_field
+from ..util.devices import resolve_device
+from .mesh import MeshSettings, build_mesh
+from .texture import bake_texture
+
+EXPORT_DIR = "export"
+FORMATS = ("glb", "obj")
+ProgressFn = Callable[[str, float], None]
+"""progress(stage, fraction of that stage done)."""
+
+# Field world (Z-up, front +X) → Blender (Z-up, front −Y) → glTF (Y-up): x' = y, y' = z, z' = x.
+TO_GLTF = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+
+
+@dataclass
+class ExportSettings:
+    """How the field becomes a mesh (defaults: the command line's)."""
+
+    resolution: int = 256
+    """Density grid cells per side for marching cubes (≤ 1024)."""
+    threshold: float | None = None
+    """Density iso-level; None picks it automatically (see mesh.auto_threshold)."""
+    texture_size: int = 1024
+    """Side of the baked albedo texture, a power of two ≤ 8192."""
+    faces: int | None = None
+    """Decimate to about this many triangles (None keeps marching cubes' mesh)."""
+    format: str = "glb"
+    """"glb" (one file, texture embedded) or "obj" (OBJ + MTL + PNG)."""
+
+    def validate(self) -> None:
+        if not 16 <= self.resolution <= 1024:
+            raise UserError(f"resolution must be between 16 and 1024, got {self.resolution}")
+        size = self.texture_size
+        if size < 16 or size > 8192 or size & (size - 1):
+            raise UserError(f"texture size must be a power of two from 16 to 8192, got {size}")
+        if self.faces is not None and self.faces < 4:
+            raise UserError(f"faces must be at least 4, got {self.faces}")
+        if self.format not in FORMATS:
+            raise UserError(f"unknown format '{self.format}'", hint=f"choose one of {', '.join(FORMATS)}")
+
+
+@dataclass
+class ExportResult:
+    files: dict[str, Path]
+    """Written files by kind: mesh, texture (obj only), material (obj only), info."""
+    info: dict
+
+
+def _albedo_fn(field: ImplicitVolume, device: torch.device, chunk: int = 1 << 16):
+    @torch.no_grad()
+    def colour(points: np.ndarray) -> np.ndarray:
+        out = [field(torch.as_tensor(points[s:s + chunk], dtype=torch.float32, device=device)).albedo
+               for s in range(0, len(points), chunk)]
+        return torch.cat(out).clamp(0, 1).cpu().numpy() if out else np.zeros((0, 3), np.float32)
+
+    return colour
+
+
+def export_run(run: Path, settings: ExportSettings, device: str = "auto",
+               progress: ProgressFn | None = None) -> ExportResult:
+    """Export the run in ``run`` to ``run/export/`` (replacing an earlier export)."""
+    settings.validate()
+    progress = progress or (lambda stage, frac: None)
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    field, config, step, _ = load_field(run, dev)
+    progress("load", 1.0)
+    mesh, mesh_info = build_mesh(lambda x: field.density(x), MeshSettings(
+        resolution=settings.resolution, threshold=settings.threshold, faces=settings.faces,
+        bounds=config.field.radius), dev, progress)
+    verts, faces, uvs, image, tex_info = bake_texture(
+        np.asarray(mesh.vertices), np.asarray(mesh.faces), _albedo_fn(field, dev),
+        settings.texture_size, progress)
+    t_write = time.perf_counter()
+    info = {"run": str(run), "step": step, "prompt": config.prompt, "settings": asdict(settings),
+            **mesh_info, **tex_info, "vertices": int(len(verts)), "faces": int(len(faces))}
+    files = _write_atomically(run, verts, faces, uvs, image, settings.format, info, t_write, t0)
+    progress("write", 1.0)
+    return ExportResult(files, json.loads(files["info"].read_text()))
+
+
+def _write_atomically(run: Path, verts, faces, uvs, image, fmt: str, info: dict,
+                      t_write: float, t0: float) -> dict[str, Path]:
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=run))
+    target, old = run / EXPORT_DIR, run / f".old{staging.name}"
+    try:
+        names = write_mesh(staging, verts @ TO_GLTF.T, faces, uvs, image, fmt)
+        info["seconds"] = {**info.get("seconds", {}), "write": round(time.perf_counter() - t_write, 3),
+                           "total": round(time.perf_counter() - t0, 3)}
+        info["files"] = names
+        (staging / "export.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+        if target.exists():
+            target.rename(old)
+        staging.rename(target)
+    except BaseException:
+        if old.exists() and not target.exists():
+            old.rename(target)  # put the previous export back
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return {**{k: target / v for k, v in names.items()}, "info": target / "export.json"}
+
+
+def write_mesh(folder: Path, verts: np.ndarray, faces: np.ndarray, uvs: np.ndarray,
+               image: np.ndarray, fmt: str) -> dict[str, str]:
+    """Write a UV-textured mesh with trimesh; returns file names by kind."""
+    import trimesh
+    from PIL import Image
+
+    texture = Image.fromarray(image)
+    if fmt == "glb":  # a rough, non-metallic PBR material whose base colour is the bake
+        material = trimesh.visual.material.PBRMaterial(
+            name="albedo", baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=1.0)
+    else:  # white Kd so that viewers multiplying Kd by map_Kd show the bake unchanged
+        material = trimesh.visual.material.SimpleMaterial(
+            name="albedo", image=texture, diffuse=(255, 255, 255, 255), ambient=(255, 255, 255, 255),
+            specular=(0, 0, 0, 255), glossiness=1.0)
+    mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False,
+                           visual=trimesh.visual.TextureVisuals(uv=uvs, material=material))
+    if fmt == "glb":
+        (folder / "mesh.glb").write_bytes(mesh.export(file_type="glb"))
+        return {"mesh": "mesh.glb"}
+    files = trimesh.exchange.obj.export_obj(mesh, include_texture=True, mtl_name="mesh.mtl",
+                                            return_texture=True)
+    text, assets = files if isinstance(files, tuple) else (files, {})
+    (folder / "mesh.obj").write_text(text, encoding="utf-8")
+    names = {"mesh": "mesh.obj"}
+    for name, data in assets.items():
+        (folder / name).write_bytes(data)
+        names["material" if name.endswith(".mtl") else "texture"] = name
+    return names

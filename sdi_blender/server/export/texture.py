@@ -1,0 +1,237 @@
+"""Texture baking: UV-unwrap a mesh, rasterise its UV layout, bake colours, dilate.
+
+Conventions (glTF / Blender with PIL images):
+
+* UVs lie in [0, 1]; ``u`` grows to the right, ``v`` grows UP.
+* Image row 0 is the TOP of the texture, so texel ``(row, col)`` has its centre at
+  ``u = (col + 0.5) / size`` and ``v = 1 - (row + 0.5) / size``.
+
+Everything here is CPU numpy; rasterisation is done by hand (no OpenGL).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import xatlas
+
+ColorFn = Callable[[np.ndarray], np.ndarray]
+Progress = Callable[[str, float], None]
+
+
+def unwrap(
+    vertices: np.ndarray, faces: np.ndarray, size: int = 1024, padding: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """UV-unwrap a mesh with xatlas.
+
+    Returns ``(vertices2 [V',3], faces2 [F,3], uvs [V',2])``; xatlas splits vertices on
+    seams, so ``vertices2 = vertices[vmapping]`` (see :func:`unwrap_with_mapping`).
+    """
+    verts2, faces2, uvs, _, _ = unwrap_with_mapping(vertices, faces, size, padding)
+    return verts2, faces2, uvs
+
+
+def unwrap_with_mapping(
+    vertices: np.ndarray, faces: np.ndarray, size: int = 1024, padding: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Like :func:`unwrap` but also returns ``vmapping [V']`` and the chart count."""
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(
+        np.ascontiguousarray(vertices, dtype=np.float32),
+        np.ascontiguousarray(faces, dtype=np.uint32),
+    )
+    pack = xatlas.PackOptions()
+    # Padding (in atlas texels) keeps charts apart so bilinear/mip lookups near a
+    # seam do not mix two unrelated charts; resolution makes that padding roughly
+    # match the target texture (xatlas may overshoot it slightly).
+    pack.resolution = int(size)
+    pack.padding = int(padding)
+    pack.bilinear = True
+    atlas.generate(xatlas.ChartOptions(), pack)
+    vmapping, faces2, uvs = atlas[0]
+    vmapping = vmapping.astype(np.int64)
+    verts2 = np.asarray(vertices)[vmapping]
+    return verts2, faces2.astype(np.int64), uvs.astype(np.float64), vmapping, int(atlas.chart_count)
+
+
+def rasterize_uv(
+    uvs: np.ndarray, faces: np.ndarray, size: int, max_pairs: int = 1 << 22
+) -> tuple[np.ndarray, np.ndarray]:
+    """Find, for every texel centre, the UV triangle covering it.
+
+    Returns ``face_id [size,size]`` (int64, -1 = empty) and ``bary [size,size,3]``
+    (weights of the face's three vertices). Each triangle's texel bounding box is
+    expanded into (triangle, texel) candidate pairs, tested in vectorised batches of
+    at most ``max_pairs`` pairs.
+    """
+    face_id = np.full((size, size), -1, dtype=np.int64)
+    bary = np.zeros((size, size, 3), dtype=np.float64)
+    if len(faces) == 0:
+        return face_id, bary
+    # Texel space: x = col coordinate, y = row coordinate of the texel centres.
+    uv = np.asarray(uvs, dtype=np.float64)
+    pts = np.stack([uv[:, 0] * size - 0.5, (1.0 - uv[:, 1]) * size - 0.5], axis=-1)
+    tri = pts[np.asarray(faces)]  # [F,3,2]
+    x0, y0 = tri[:, 0, 0], tri[:, 0, 1]
+    x1, y1 = tri[:, 1, 0], tri[:, 1, 1]
+    x2, y2 = tri[:, 2, 0], tri[:, 2, 1]
+    det = (y1 - y2) * (x0 - x2) + (x2 - x1) * (y0 - y2)
+    cmin = np.clip(np.ceil(tri[:, :, 0].min(1) - 1e-9), 0, size).astype(np.int64)
+    cmax = np.clip(np.floor(tri[:, :, 0].max(1) + 1e-9), -1, size - 1).astype(np.int64)
+    rmin = np.clip(np.ceil(tri[:, :, 1].min(1) - 1e-9), 0, size).astype(np.int64)
+    rmax = np.clip(np.floor(tri[:, :, 1].max(1) + 1e-9), -1, size - 1).astype(np.int64)
+    w = np.maximum(cmax - cmin + 1, 0)
+    h = np.maximum(rmax - rmin + 1, 0)
+    count = np.where(np.abs(det) > 1e-12, w * h, 0)
+    live = np.nonzero(count)[0]
+
+    # Split the triangles into batches whose candidate-pair total stays bounded.
+    cum = np.cumsum(count[live])
+    start = 0
+    while start < len(live):
+        base = cum[start - 1] if start else 0
+        end = max(int(np.searchsorted(cum, base + max_pairs, side="right")), start + 1)
+        ids = live[start:end]
+        n = count[ids]
+        f = np.repeat(ids, n)
+        local = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+        col = cmin[f] + local % w[f]
+        row = rmin[f] + local // w[f]
+        dx, dy = col - x2[f], row - y2[f]
+        l0 = ((y1[f] - y2[f]) * dx + (x2[f] - x1[f]) * dy) / det[f]
+        l1 = ((y2[f] - y0[f]) * dx + (x0[f] - x2[f]) * dy) / det[f]
+        l2 = 1.0 - l0 - l1
+        # A small tolerance so texel centres exactly on a shared edge are not lost.
+        inside = (l0 >= -1e-7) & (l1 >= -1e-7) & (l2 >= -1e-7)
+        r, c = row[inside], col[inside]
+        face_id[r, c] = f[inside]
+        bary[r, c] = np.stack([l0[inside], l1[inside], l2[inside]], axis=-1)
+        start = end
+    return face_id, bary
+
+
+def bake(
+    vertices_world: np.ndarray,
+    faces: np.ndarray,
+    face_id: np.ndarray,
+    bary: np.ndarray,
+    color_fn: ColorFn,
+    size: int,
+    chunk: int = 1 << 16,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Colour every covered texel with ``color_fn`` at its interpolated world point.
+
+    Returns a float ``[size,size,3]`` image in [0, 1]; empty texels stay 0.
+    """
+    image = np.zeros((size, size, 3), dtype=np.float32)
+    rows, cols = np.nonzero(face_id >= 0)
+    corners = np.asarray(vertices_world, dtype=np.float64)[np.asarray(faces)]  # [F,3,3]
+    for s in range(0, len(rows), chunk):
+        r, c = rows[s : s + chunk], cols[s : s + chunk]
+        points = np.einsum("nk,nkd->nd", bary[r, c], corners[face_id[r, c]])
+        image[r, c] = np.clip(np.asarray(color_fn(points), dtype=np.float32), 0.0, 1.0)
+        if progress is not None:
+            progress("bake", min(1.0, (s + chunk) / len(rows)))
+    return image
+
+
+def _nearest_seed(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Jump flooding: (row, col) of an (almost exactly) nearest True texel, or -1."""
+    height, width = mask.shape
+    rr, cc = np.indices(mask.shape, dtype=np.int32)
+    sr = np.where(mask, rr, -1).astype(np.int32)
+    sc = np.where(mask, cc, -1).astype(np.int32)
+    # Squared distances fit int32 for any texture under ~32k texels a side.
+    big = np.iinfo(np.int32).max
+    best = np.where(mask, 0, big).astype(np.int32)
+    steps, s = [], 1
+    while s < max(height, width):
+        steps.insert(0, s)
+        s *= 2
+    for step in steps + [2, 1]:  # extra small steps (JFA+2) fix most JFA mistakes
+        # Pad with "no seed" so every shifted view below stays in bounds.
+        pr = np.pad(sr, step, constant_values=-1)
+        pc = np.pad(sc, step, constant_values=-1)
+        for dy in (-step, 0, step):
+            for dx in (-step, 0, step):
+                if dy == 0 and dx == 0:
+                    continue
+                # Candidate = the seed stored at texel (r + dy, c + dx).
+                view = (slice(step + dy, step + dy + height), slice(step + dx, step + dx + width))
+                cr, cand_c = pr[view], pc[view]
+                dist = (rr - cr) ** 2 + (cc - cand_c) ** 2
+                better = (cr >= 0) & (dist < best)
+                np.copyto(best, dist, where=better)
+                np.copyto(sr, cr, where=better)
+                np.copyto(sc, cand_c, where=better)
+    return sr, sc
+
+
+def dilate(image: np.ndarray, mask: np.ndarray, iterations: int | None = None) -> np.ndarray:
+    """Fill empty texels with the colour of the nearest covered texel.
+
+    With ``iterations=None`` every texel is filled, so no background colour can bleed
+    into a seam at any mip level; an integer limits the fill to texels within that
+    many texels (Chebyshev distance) of a covered one.
+    """
+    out = np.array(image, copy=True)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.all() or not mask.any():
+        return out
+    sr, sc = _nearest_seed(mask)
+    fill = ~mask & (sr >= 0)
+    if iterations is not None:
+        rr, cc = np.indices(mask.shape)
+        fill &= np.maximum(np.abs(rr - sr), np.abs(cc - sc)) <= iterations
+    out[fill] = image[sr[fill], sc[fill]]
+    return out
+
+
+def bake_texture(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    color_fn: ColorFn,
+    size: int = 1024,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Unwrap, rasterise, bake and dilate: a textured copy of the mesh.
+
+    Returns ``(vertices2, faces2, uvs, image uint8 [size,size,3], info)`` where
+    ``info`` has texture_size, charts, coverage and per-stage ``seconds``.
+    """
+    report = progress or (lambda stage, fraction: None)
+    seconds: dict[str, float] = {}
+
+    t = time.perf_counter()
+    report("unwrap", 0.0)
+    verts2, faces2, uvs, _, charts = unwrap_with_mapping(vertices, faces, size)
+    seconds["unwrap"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    report("rasterize", 0.0)
+    face_id, bary = rasterize_uv(uvs, faces2, size)
+    seconds["rasterize"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    report("bake", 0.0)
+    image = bake(verts2, faces2, face_id, bary, color_fn, size, progress=report)
+    seconds["bake"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    report("dilate", 0.0)
+    mask = face_id >= 0
+    image = dilate(image, mask)
+    seconds["dilate"] = time.perf_counter() - t
+    report("dilate", 1.0)
+
+    image8 = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    info = {
+        "texture_size": int(size),
+        "charts": charts,
+        "coverage": float(mask.mean()),
+        "seconds": seconds,
+    }
+    return verts2, faces2, uvs, image8, info

@@ -1,0 +1,375 @@
+"""The generation server: a local TCP service that the Blender add-on drives (``sdi-blender serve``).
+
+One thread per connection reads requests (:mod:`sdi_blender.protocol`: JSON lines), and
+one writer thread per connection sends its replies and job events from a bounded queue,
+so a client that stops reading can never block the job worker or other clients; it is
+dropped instead. Jobs run one at a time in :class:`~sdi_blender.server.service.jobs.JobManager`.
+
+Security: the server listens on loopback unless told otherwise, and every connection
+must first present the token that the server wrote, readable by the user only, to
+its token file.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import queue
+import secrets
+import signal
+import socket
+import socketserver
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ... import __version__
+from ...errors import UserError
+from ...protocol import (
+    ERROR_CODES,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    decode,
+    encode,
+    error_event,
+    validate_request,
+)
+
+log = logging.getLogger("sdi_blender.server")
+HELLO_TIMEOUT_S = 30.0  # an idle, unauthenticated connection is dropped after this
+OUTBOX_LIMIT = 4096  # queued outgoing messages before a non-reading client is dropped
+
+
+class Connection:
+    """One client's socket with its outgoing queue and writer thread."""
+
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        self.sock, self.name = sock, name
+        self._outbox: queue.Queue[bytes | None] = queue.Queue(OUTBOX_LIMIT)
+        self._writer = threading.Thread(target=self._write, name=f"send-{name}", daemon=True)
+        self._writer.start()
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a message; never blocks (a client too slow to keep up is disconnected)."""
+        try:
+            self._outbox.put_nowait(encode(message))
+        except queue.Full:
+            log.warning("%s: not reading its messages; disconnecting", self.name)
+            self.abort()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send what is queued, then stop the writer."""
+        try:
+            self._outbox.put(None, timeout=timeout)
+        except queue.Full:
+            self.abort()
+        self._writer.join(timeout)
+
+    def abort(self) -> None:
+        """Break the connection now (unblocks both its reader and its writer)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _write(self) -> None:
+        while (data := self._outbox.get()) is not None:
+            try:
+                self.sock.sendall(data)
+            except OSError:  # the client went away; drain silently until closed
+                continue
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: Server
+
+    def handle(self) -> None:
+        conn = Connection(self.request, f"{self.client_address[0]}:{self.client_address[1]}")
+        self.server.track(conn, True)
+        try:
+            if self._hello(conn):
+                self._serve(conn)
+        except OSError:
+            pass  # reset or aborted: the client is gone
+        finally:
+            self.server.track(conn, False)
+            conn.close()
+
+    def _read(self) -> dict[str, Any] | None:
+        """The next message; None at end of stream. Raises ProtocolError for a bad line."""
+        line = self.rfile.readline(MAX_MESSAGE_BYTES + 1)
+        if not line:
+            return None
+        if len(line) > MAX_MESSAGE_BYTES and not line.endswith(b"\n"):
+            raise ProtocolError("too_large", f"message longer than {MAX_MESSAGE_BYTES} bytes",
+                                hint="the connection is closed: the stream cannot be resynchronised")
+        return decode(line.rstrip(b"\r\n"))
+
+    def _hello(self, conn: Connection) -> bool:
+        """Check the first message; on failure send ``unauthorized`` (or ``too_large``)."""
+        self.request.settimeout(HELLO_TIMEOUT_S)
+        message: Any = None
+        try:
+            message = self._read()
+            if message is None:
+                return False
+            validate_request(message)
+            self.server.check_hello(message)
+        except ProtocolError as exc:
+            code = "too_large" if exc.code == "too_large" else "unauthorized"
+            conn.send(error_event(code, exc.message, exc.hint, _request_id(message)))
+            return False
+        except TimeoutError:
+            conn.send(error_event("unauthorized", f"no hello within {HELLO_TIMEOUT_S:.0f} s"))
+            return False
+        self.request.settimeout(None)
+        conn.send(_with_id({"event": "hello", "protocol": PROTOCOL_VERSION, "version": __version__},
+                           _request_id(message)))
+        return True
+
+    def _serve(self, conn: Connection) -> None:
+        while True:
+            message: Any = None
+            try:
+                message = self._read()
+                if message is None:
+                    return
+                validate_request(message)
+            except ProtocolError as exc:
+                conn.send(error_event(exc.code, exc.message, exc.hint, _request_id(message)))
+                if exc.code == "too_large":
+                    return  # the rest of that line would be read as garbage
+                continue
+            self.server.dispatch(conn, message)
+
+
+def _request_id(message: Any) -> Any:
+    """The message's id if it is one the protocol allows (so it can be echoed), else None."""
+    rid = message.get("id") if isinstance(message, dict) else None
+    if isinstance(rid, int) and not isinstance(rid, bool) or isinstance(rid, str) and len(rid) <= 128:
+        return rid
+    return None
+
+
+def _with_id(event: dict[str, Any], rid: Any) -> dict[str, Any]:
+    return {**event, "id": rid} if rid is not None else event
+
+
+class Server(socketserver.ThreadingTCPServer):
+    """The listening socket, the connections and their job subscriptions; ``manager`` runs jobs."""
+
+    daemon_threads = True  # a hung client must not keep the process alive at exit
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], token: str, device: Any) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+        self.token, self.device = token, device
+        self.manager: Any = None  # a JobManager, set once its emit can reach this server
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, set[Connection]] = {}
+        self._connections: set[Connection] = set()
+        self._stopping = threading.Event()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("connection %s failed", client_address)  # to the log file, not stderr
+
+    # -- connections and events ---------------------------------------------------------
+    def check_hello(self, message: dict[str, Any]) -> None:
+        """Raise ProtocolError unless ``message`` is a hello with our protocol and token."""
+        if message["type"] != "hello":
+            raise ProtocolError("unauthorized", "the first message must be hello")
+        if message["protocol"] != PROTOCOL_VERSION:
+            raise ProtocolError("unauthorized", f"protocol {message['protocol']} is not supported",
+                                hint=f"this server speaks protocol {PROTOCOL_VERSION}; update the add-on")
+        if not hmac.compare_digest(message["token"].encode(), self.token.encode()):
+            raise ProtocolError("unauthorized", "wrong token", hint="read the server's token file again")
+
+    def track(self, conn: Connection, open_: bool) -> None:
+        """Register a new connection, or forget a closed one and its subscriptions."""
+        with self._lock:
+            if open_:
+                self._connections.add(conn)
+                return
+            self._connections.discard(conn)
+            for conns in self._subscribers.values():
+                conns.discard(conn)
+
+    def close_connections(self) -> None:
+        """Flush every connection's last messages (e.g. shutdown's ok), then break it."""
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            conn.close(timeout=2.0)
+            conn.abort()
+
+    def subscribe(self, conn: Connection, job: str) -> None:
+        with self._lock:
+            self._subscribers.setdefault(job, set()).add(conn)
+
+    def broadcast(self, job: str, event: dict[str, Any]) -> None:
+        """Send a job event to the connections subscribed to ``job`` (never blocks)."""
+        with self._lock:
+            conns = list(self._subscribers.get(job, ()))
+        for conn in conns:
+            conn.send(event)
+
+    # -- requests -----------------------------------------------------------------------
+    def dispatch(self, conn: Connection, message: dict[str, Any]) -> None:
+        """Answer one valid request; a failure becomes an error event, never a dead connection."""
+        rid = message["id"]
+        try:
+            reply = getattr(self, f"_do_{message['type']}")(conn, message)
+        except UserError as exc:
+            code = exc.code if exc.code in ERROR_CODES else "bad_request"
+            reply = error_event(code, exc.message, exc.hint)
+        except Exception as exc:
+            log.exception("request %s failed", message["type"])
+            reply = error_event("internal", f"{type(exc).__name__}: {exc}", "see the server's log")
+        if reply is not None:
+            conn.send(_with_id(reply, rid))
+
+    def _do_hello(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        return error_event("bad_request", "this connection is already authenticated")
+
+    def _do_status(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        waiting, running, model = self.manager.snapshot()
+        return {"event": "status", "version": __version__, "protocol": PROTOCOL_VERSION,
+                "device": str(self.device), "memory": memory_info(self.device), "model": model,
+                "queue": waiting, "running": running}
+
+    def _do_list_jobs(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        return {"event": "jobs", "jobs": self.manager.list()}
+
+    def _do_subscribe(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        job = self.manager.get(message["job"])
+        self.subscribe(conn, job.id)
+        return {"event": "ok", **job.summary()}  # where the job is, to catch up from
+
+    def _do_cancel(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        return {"event": "ok", "job": message["job"], "result": self.manager.cancel(message["job"])}
+
+    def _do_delete_job(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
+        self.manager.delete(message["job"])
+        with self._lock:
+            self._subscribers.pop(message["job"], None)
+        return {"event": "ok", "job": message["job"], "result": "deleted"}
+
+    def _do_shutdown(self, conn: Connection, message: dict[str, Any]) -> None:
+        conn.send({"event": "ok", "id": message["id"], "result": "shutting down"})
+        threading.Thread(target=self.stop, name="shutdown", daemon=True).start()
+
+    def _submit(self, conn: Connection, message: dict[str, Any]) -> None:
+        def queued(job: str, position: int) -> None:  # before the worker can start it
+            self.subscribe(conn, job)
+            conn.send({"event": "queued", "id": message["id"], "job": job, "position": position})
+
+        request = {k: v for k, v in message.items() if k not in ("type", "id")}
+        self.manager.submit(message["type"], request, queued)
+
+    _do_generate = _do_continue = _do_export = _submit
+
+    # -- lifetime -----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Cancel the jobs (the running one checkpoints) and leave serve_forever; idempotent."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        log.info("shutting down")
+        self.manager.shutdown()
+        self.shutdown()
+
+
+def memory_info(device: Any) -> dict[str, Any]:
+    """GPU memory on CUDA, else the process's resident memory, in bytes."""
+    if getattr(device, "type", "") == "cuda":
+        import torch
+
+        return {"kind": "cuda", "allocated": torch.cuda.memory_allocated(device),
+                "reserved": torch.cuda.memory_reserved(device),
+                "total": torch.cuda.get_device_properties(device).total_memory}
+    try:  # Linux: the second field of statm is the resident set in pages
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return {"kind": "process", "rss": pages * os.sysconf("SC_PAGE_SIZE")}
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
+        return {"kind": "process", "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
+
+
+def check_host(host: str, allow_remote: bool) -> None:
+    """Refuse a non-loopback address unless ``allow_remote``: the token travels in clear text."""
+    if host == "localhost" or allow_remote:
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise UserError(f"refusing to listen on non-loopback address '{host}'",
+                        hint="use 127.0.0.1, or pass --allow-remote if the network is trusted")
+
+
+def write_token(path: Path, token: str) -> None:
+    """Write ``token`` to a fresh file readable by the user only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # O_CREAT's mode only applies to a new file
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(token + "\n")
+
+
+def _log_to(path: Path) -> None:
+    """Log to a file: a parent that never reads our stderr pipe must not block the worker."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def serve(*, host: str, port: int, token_file: Path | None, jobs_dir: Path | None,
+          model: str | None, device: str, allow_remote: bool) -> int:
+    """Run the server until a shutdown request or SIGINT/SIGTERM; returns the exit code."""
+    check_host(host, allow_remote)
+    from ..diffusion.model_source import DEFAULT_MODEL, check_model_name
+    from ..util.cache import cache_root
+    from ..util.devices import resolve_device
+    from .jobs import JobManager  # torch: only once the arguments are known to be sound
+
+    model = model or DEFAULT_MODEL
+    check_model_name(model)
+    dev = resolve_device(device)
+    jobs_dir = (jobs_dir or cache_root() / "jobs").expanduser()
+    token_file = (token_file or jobs_dir / "server.token").expanduser()
+    token = secrets.token_urlsafe(32)
+    try:
+        server = Server((host, port), token, dev)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        _log_to(jobs_dir / "server.log")
+        server.manager = JobManager(jobs_dir, server.broadcast, device=dev, model=model)
+        write_token(token_file, token)
+    except OSError as exc:
+        server.server_close()
+        raise UserError(f"cannot use '{exc.filename or jobs_dir}': {exc.strerror or exc}") from exc
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
+    bound_host, bound_port = server.server_address[:2]
+    print(json.dumps({"event": "listening", "host": bound_host, "port": bound_port, "pid": os.getpid(),
+                      "protocol": PROTOCOL_VERSION}), flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.close_connections()
+        server.server_close()
+        token_file.unlink(missing_ok=True)
+    return 0

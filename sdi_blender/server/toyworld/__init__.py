@@ -1,0 +1,1 @@
+"""The toy world: known objects, their independent ground-truth renderer and the exact-denoiser prior built from it."""

@@ -1,0 +1,359 @@
+"""Text-to-3D optimisation: render → VAE encode → SDS/SDI → backprop into field and background.
+
+One :class:`Trainer` owns a run folder (:mod:`~sdi_blender.server.training.run_dir`). It reports
+through :class:`TrainerCallbacks` (progress for every step, a preview image every
+``preview_every`` steps, checkpoints), checks a cancel flag between steps, and resumes
+from its checkpoint exactly: the random generators are saved with the weights.
+
+The trainer's own step code never makes the host wait for the GPU (nerfacc's occupancy-grid
+sampler still does, inside the render, to size its packed samples): host data goes to the GPU
+through pinned memory, loss values come back asynchronously (:class:`_LossFetch`), and
+progress is reported once they have arrived - on CUDA usually after the same step, at most
+two steps late; on CPU at once. The NaN/inf check runs on every step's values as they arrive,
+so it names the exact step, but the weights may already have taken that step's update (and
+on CUDA up to two more); every checkpoint first waits for all values and checks them, so a
+checkpoint never holds weights updated from a non-finite loss. With an fp16 prior the loss is
+scaled dynamically (:mod:`~sdi_blender.server.training.loss_scaling`): a step whose gradients overflow
+is skipped and the scale lowered, without stopping the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import UserError
+from ..diffusion.guidance import ScoreDistillation, annealed_timestep
+from ..diffusion.prompts import PromptOptions
+from ..scene.cameras import Cameras, sample_cameras, turntable_cameras
+from ..scene.field import EnvironmentBackground, ImplicitVolume
+from ..scene.renderer import VolumeRenderer, as_image, render_views
+from ..scene.shading import pick_shading
+from ..util.devices import resolve_device, to_device
+from ..util.images import to_pil
+from ..util.step_timer import StepTimer, no_stage
+from . import checkpoint, run_dir
+from . import regularizers as reg
+from .config import TrainConfig, incompatibilities
+from .loss_scaling import make_adam, make_scaler
+from .priors import Prior, load_prior
+
+
+class LossDiverged(UserError):
+    """The loss became NaN or infinite; the run stopped at its last good checkpoint."""
+
+    code = "diverged"
+
+
+@dataclass
+class Progress:
+    """What the trainer reports after each step."""
+
+    step: int
+    total: int
+    t: int
+    losses: dict[str, float]
+    elapsed_s: float
+    eta_s: float
+
+
+class TrainerCallbacks:
+    """Override what you need; the defaults do nothing."""
+
+    def on_progress(self, progress: Progress) -> None: ...
+
+    def on_preview(self, step: int, png: bytes) -> None: ...
+
+    def on_checkpoint(self, step: int, path: Path) -> None: ...
+
+
+@dataclass
+class RunResult:
+    status: str
+    """done or cancelled."""
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class _LossFetch:
+    """Loss values on their way to the host, copied without making the host wait.
+
+    On CUDA each step's values are copied into pinned memory behind the step's work and an
+    event marks their arrival; :meth:`ready` returns those that have arrived (``query``, no
+    wait) and waits only for values more than ``max_lag`` steps old, or for all when asked.
+    On other devices the values are there at once.
+    """
+
+    def __init__(self, device: torch.device, max_lag: int = 2) -> None:
+        self.cuda, self.max_lag = device.type == "cuda", max_lag
+        self.pending: deque[tuple[int, int, list[str], torch.Tensor, torch.cuda.Event | None]] = deque()
+
+    def push(self, step: int, t: int, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        event = None
+        if self.cuda:
+            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            host.copy_(values, non_blocking=True)
+            values, event = host, torch.cuda.Event()
+            event.record()
+        self.pending.append((step, t, list(terms), values, event))
+
+    def ready(self, wait: bool = False) -> list[tuple[int, int, dict[str, float]]]:
+        """(step, t, values) of the steps whose values have arrived, oldest first."""
+        out = []
+        while self.pending:
+            step, t, names, values, event = self.pending[0]
+            if event is not None:
+                if not (wait or len(self.pending) > self.max_lag or event.query()):
+                    break
+                event.synchronize()
+            self.pending.popleft()
+            out.append((step, t, dict(zip(names, values.tolist()))))
+        return out
+
+
+class Trainer:
+    """Optimises one run; ``resume`` continues from the run folder's checkpoint.
+
+    ``timer`` (benchmarks) times the stages of each step; by default nothing is timed.
+    """
+
+    def __init__(self, config: TrainConfig, run: Path, *, prior: Prior | None = None,
+                 device: str = "auto", callbacks: TrainerCallbacks | None = None,
+                 resume: bool = False, timer: StepTimer | None = None) -> None:
+        config.validate()
+        self.config, self.run_path = config, Path(run)
+        self.callbacks = callbacks or TrainerCallbacks()
+        self.device = prior.device if prior is not None else resolve_device(device)
+        self.prior = prior or load_prior(config.model, device=self.device)
+        self.prior.apply_speed(config.speed)
+        self.timer = timer
+        self._stage = timer.stage if timer is not None else no_stage
+        self._losses = _LossFetch(self.device)
+        self._run_start: tuple[float, int] | None = None  # (perf_counter, first step) of run()
+        torch.manual_seed(config.seed)  # the field's initialisation
+        self.field = ImplicitVolume(config.field).to(self.device)
+        self.background = EnvironmentBackground(config.background).to(self.device)
+        self.renderer = VolumeRenderer(self.field, self.background, config.field.radius,
+                                       config.renderer, config.shading).to(self.device)
+        self.scaler = make_scaler(self.device, self.prior.dtype)
+        self.optimizer = make_adam(
+            [{"params": self.field.parameters(), "lr": config.lr},
+             {"params": self.background.parameters(), "lr": config.background_lr}],
+            self.scaler, betas=config.betas, eps=config.eps)
+        self.gen_cpu = torch.Generator().manual_seed(config.seed)
+        self.gen_dev = (self.gen_cpu if self.device.type == "cpu"
+                        else torch.Generator(self.device).manual_seed(config.seed))
+        self.step = self.saved_step = 0
+        self.status = "running"
+        self.history: list[dict[str, float]] = []
+        if resume:
+            self._load_checkpoint()
+        self.embeddings = self.prior.encode_prompt(
+            config.prompt, config.negative_prompt,
+            PromptOptions(view_dependent=config.view_dependent, perp_neg=config.perp_neg))
+
+    # -- one step -------------------------------------------------------------------------
+    def train_step(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """One optimisation step; returns the timestep and the (weighted-sum) loss terms."""
+        cfg, paper_step, stage = self.config, self.config.paper_step(self.step), self._stage
+        self.field.set_step(paper_step)
+        with stage("grid"):
+            self.renderer.update_grid(self.step)
+        with stage("render"):
+            host_cams = sample_cameras(cfg.cameras, cfg.batch_size, cfg.resolution, cfg.resolution,
+                                       self.gen_cpu)
+            cams = _cameras_to(host_cams, self.device)
+            shading = pick_shading(cfg.shading, paper_step, self.gen_cpu)
+            out = self.renderer(cams, shading, self.gen_cpu, stratified=True)
+        with stage("vae"):
+            rgb = out.rgb.permute(0, 3, 1, 2)
+            if rgb.shape[-1] != self.prior.image_size:  # the VAE's native input size
+                rgb = F.interpolate(rgb, size=self.prior.image_size, mode="bilinear", align_corners=False)
+            latents = self.prior.encode_images(rgb, self.gen_dev)
+        if self.timer is not None:
+            self._time_backward(latents, out.rgb)
+        guidance = ScoreDistillation(
+            self.prior.predictor(self.embeddings, host_cams.elevation_deg, host_cams.azimuth_deg),
+            cfg.method, guidance_scale=cfg.guidance_scale,
+            inversion_guidance_scale=cfg.inversion_guidance_scale, inversion_step=cfg.inversion_step,
+            inversion_eta=cfg.inversion_eta, delta_generator=self.gen_cpu, stage=stage)
+        t = annealed_timestep(min(self.step, cfg.schedule_steps), cfg.schedule_steps, cfg.t_max,
+                              cfg.t_min, self.prior.alphas_cumprod.shape[0])
+        terms = {
+            "guidance": guidance.loss(latents, t, self.gen_dev)[0],
+            "orient": reg.orientation_loss(out.orient, out.opacity),
+            "sparsity": reg.sparsity_loss(out.opacity),
+            "opaque": reg.opacity_loss(out.opacity),
+            "z_variance": reg.z_variance_loss(out.z_variance, out.opacity),
+            "convex": reg.convexity_loss(out.normal),
+        }
+        weights = cfg.losses.at(paper_step)
+        terms["total"] = sum(weights[k] * v for k, v in terms.items())
+        return t, terms
+
+    def _time_backward(self, latents: torch.Tensor, rgb: torch.Tensor) -> None:
+        # The backward pass is one call; gradient hooks mark where it enters the VAE (the
+        # latents' gradient is ready) and leaves it for the renderer (the render's is).
+        timer = self.timer
+
+        def leave_vae(grad: torch.Tensor) -> None:
+            timer.end("vae_backward")
+            timer.begin("render_backward")
+
+        latents.register_hook(lambda grad: timer.begin("vae_backward"))
+        rgb.register_hook(leave_vae)
+
+    def optimise_step(self) -> int:
+        """One training step: forward, backward, Adam. Returns the timestep.
+
+        Its loss values are queued for :meth:`report_progress`, which checks and reports them
+        once they have reached the host; nothing here waits for the device.
+        """
+        with self.timer.step() if self.timer is not None else no_stage("step"):
+            t, terms = self.train_step()
+            self._losses.push(self.step + 1, t, terms)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(terms["total"]).backward()
+            if self.timer is not None:
+                self.timer.end("render_backward")
+            with self._stage("update"):
+                self.scaler.step(self.optimizer)  # skipped if any gradient is inf/NaN
+                self.scaler.update()
+        self.step += 1
+        return t
+
+    def report_progress(self, wait: bool = False) -> None:
+        """Check, record and report the loss values that have arrived (all of them if ``wait``)."""
+        for step, t, values in self._losses.ready(wait):
+            if not all(map(_finite, values.values())):
+                self._diverged(step, [k for k, v in values.items() if not _finite(v)])
+            self.history.append({"step": step, "t": t, **values})
+            start, first = self._run_start or (time.perf_counter(), step - 1)
+            elapsed = time.perf_counter() - start
+            eta = elapsed / max(step - first, 1) * (self.config.steps - step)
+            self.callbacks.on_progress(Progress(step, self.config.steps, t, values, elapsed, eta))
+
+    def _diverged(self, step: int, bad: list[str]) -> None:
+        self._losses.pending.clear()
+        names = ", ".join(bad)
+        self._set_state("failed", f"loss became NaN/inf at step {step} ({names})")
+        raise LossDiverged(f"the loss became NaN or infinite at step {step} ({names}); "
+                           f"stopped, the last good checkpoint (step {self.saved_step}) is kept",
+                           hint="lower the learning rate or guidance scale, or change the seed")
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, cancel: Callable[[], bool] | None = None) -> RunResult:
+        """Train until ``config.steps`` or until ``cancel()`` is true (checked between steps)."""
+        cfg = self.config
+        self._run_start = (time.perf_counter(), self.step)
+        run_dir.atomic_write(self.run_path / run_dir.CONFIG, cfg.to_json())
+        self._set_state("running")
+        while self.step < cfg.steps:
+            if cancel is not None and cancel():
+                self.save_checkpoint()
+                self._set_state("cancelled")
+                return RunResult("cancelled", self.step, self.history)
+            self.optimise_step()
+            self.report_progress()
+            if self.step % cfg.preview_every == 0 or self.step == cfg.steps:
+                self.callbacks.on_preview(self.step, self.preview())
+            if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                self.save_checkpoint()
+        self.save_checkpoint()
+        self._write_reports()
+        self._set_state("done")
+        return RunResult("done", self.step, self.history)
+
+    # -- images ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_views(self, n: int, size: int) -> list[torch.Tensor]:
+        """n turntable views ([3, size, size] in [0, 1]), albedo only (see ``render_views``)."""
+        cams = turntable_cameras(n, size, size, self.config.cameras).to(self.device)
+        return [as_image(out) for out in render_views(self.renderer, cams)]
+
+    def preview(self) -> bytes:
+        """PNG of the fixed front view; also saved under ``previews/``."""
+        image = to_pil(self.render_views(1, self.config.preview_size)[0])
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        png = buf.getvalue()
+        run_dir.atomic_write(self.run_path / run_dir.PREVIEWS / f"step_{self.step:06d}.png", png)
+        return png
+
+    def _write_reports(self) -> None:
+        from .reports import loss_curve_png, strip_png
+
+        size = min(max(self.config.resolution, self.config.preview_size), 256)
+        run_dir.atomic_write(self.run_path / run_dir.TURNTABLE,
+                             strip_png(self.render_views(self.config.turntable_views, size)))
+        run_dir.atomic_write(self.run_path / run_dir.LOSS_CURVE, loss_curve_png(self.history))
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Write the checkpoint, after checking and recording every step's loss values."""
+        self.report_progress(wait=True)
+        state = {
+            "step": self.step, "config": json.loads(self.config.to_json()),
+            "field": self.field.state_dict(), "background": self.background.state_dict(),
+            "renderer": self.renderer.estimator.state_dict() if self.renderer.estimator else None,
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "history": self.history,
+            "gen_cpu": self.gen_cpu.get_state(), "gen_dev": self.gen_dev.get_state(),
+        }
+        path = self.run_path / run_dir.CHECKPOINT
+        checkpoint.save(path, state)
+        self.saved_step = self.step
+        run_dir.atomic_write(self.run_path / run_dir.METRICS,
+                             "".join(json.dumps(h) + "\n" for h in self.history))
+        self._set_state(self.status)  # the step a resume starts from
+        self.callbacks.on_checkpoint(self.step, path)
+        return path
+
+    def _load_checkpoint(self) -> None:
+        path = self.run_path / run_dir.CHECKPOINT
+        state = checkpoint.read(path)
+        changed = incompatibilities(state["config"], self.config)
+        if changed:
+            raise UserError(f"checkpoint '{path}' is incompatible with the run's config "
+                            f"(changed: {', '.join(changed)})",
+                            hint="resume with the settings the run was created with")
+        checkpoint.load_into(self.field, state["field"], path, "field settings")
+        checkpoint.load_into(self.background, state["background"], path, "background settings")
+        if self.renderer.estimator is not None and state["renderer"] is not None:
+            checkpoint.load_into(self.renderer.estimator, state["renderer"], path, "renderer settings")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):  # absent in older checkpoints, empty from an fp32 run
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UserError(f"checkpoint '{path}' does not match the run's optimiser: {exc}") from exc
+        self.step = self.saved_step = int(state["step"])
+        self.history = list(state["history"])
+        self.gen_cpu.set_state(state["gen_cpu"])
+        if self.gen_dev is not self.gen_cpu:
+            self.gen_dev.set_state(state["gen_dev"])
+
+    def _set_state(self, status: str, message: str = "") -> None:
+        self.status = status
+        run_dir.write_state(self.run_path, status, self.saved_step, self.config.steps, message)
+
+
+def _cameras_to(cams: Cameras, device: torch.device) -> Cameras:
+    """``cams`` on ``device``, copied without waiting for the GPU's queue (see ``to_device``)."""
+    tensors = {f.name: getattr(cams, f.name) for f in dataclasses.fields(cams)}
+    return dataclasses.replace(cams, **{k: to_device(v, device) for k, v in tensors.items()
+                                        if isinstance(v, torch.Tensor)})
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")

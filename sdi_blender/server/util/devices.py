@@ -1,0 +1,42 @@
+"""Where tensors live: the device a run uses, its compute dtype, and host-to-device copies."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...errors import UserError
+
+DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
+"""What every command's ``--device`` accepts (the CLI's help text)."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; a CUDA device that is missing is an error."""
+    if name == "auto":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"unknown device '{name}'", hint="use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available", hint="use --device cpu")
+    return device
+
+
+def to_device(x: Tensor, device: torch.device) -> Tensor:
+    """``x`` on ``device``. A host-to-CUDA copy goes through pinned memory without blocking: a
+    plain ``.to("cuda")`` of host memory waits for all the work queued on the GPU first."""
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    # The caching host allocator keeps the pinned block until the copy has completed.
+    return x.pin_memory().to(device, non_blocking=True)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp16 on CUDA (the paper's setting); fp32 elsewhere, where fp16 is slow or missing."""
+    return torch.float16 if device.type == "cuda" else torch.float32
