@@ -205,8 +205,9 @@ def choose_torch(
         return TorchChoice(override, [], "SDI_TORCH_SPEC is set")
     if nvidia and pyinfo["platform"] == "win32":
         # PyPI's Windows wheels are CPU-only; the CUDA ones live on PyTorch's index.
-        return TorchChoice("torch", ["--index-url", WINDOWS_CUDA_INDEX],
-                           "NVIDIA GPU found: CUDA build from PyTorch's index")
+        return TorchChoice(
+            "torch", ["--index-url", WINDOWS_CUDA_INDEX], "NVIDIA GPU found: CUDA build from PyTorch's index"
+        )
     if nvidia:
         return TorchChoice("torch", [], "NVIDIA GPU found: PyPI's torch, a CUDA build")
     version = find_cpu_wheel(find_links, pyinfo)
@@ -347,17 +348,22 @@ def install_into_blender(blender: str, zip_path: Path, server_python: Path | Non
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = UsageParser(prog="vendor_setup.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--venv", type=Path, default=REPO / ".venv",
-                        help="where the venv goes (default: .venv beside this script)")
+    parser.add_argument(
+        "--venv", type=Path, default=REPO / ".venv", help="where the venv goes (default: .venv beside this script)"
+    )
     parser.add_argument("--dev", action="store_true", help="also install the test tools (the dev extra)")
     parser.add_argument("--print-python", action="store_true", help="print the venv's python path; install nothing")
-    parser.add_argument("--build-addon", action="store_true",
-                        help="only write the Blender add-on zip (the full set-up writes it too)")
+    parser.add_argument(
+        "--build-addon", action="store_true", help="only write the Blender add-on zip (the full set-up writes it too)"
+    )
     parser.add_argument("--dist", type=Path, default=REPO / "dist", help="where the add-on zip goes (default: dist)")
     blender = parser.add_mutually_exclusive_group()
-    blender.add_argument("--blender", metavar="PATH",
-                         help="install the add-on into this Blender (without it, only the plain set-up looks "
-                              "for one: $BLENDER, blender on PATH, the usual install places)")
+    blender.add_argument(
+        "--blender",
+        metavar="PATH",
+        help="install the add-on into this Blender (without it, only the plain set-up looks "
+        "for one: $BLENDER, blender on PATH, the usual install places)",
+    )
     blender.add_argument("--no-blender", action="store_true", help="do not look for Blender or install into it")
     return parser.parse_args(argv)
 
@@ -405,8 +411,10 @@ def main(argv: Sequence[str] | None = None, version_info: Sequence[int] = sys.ve
             python = venv_python(venv)
             install_into_blender(blender, zip_path, python if python.exists() else None)
         elif look:
-            step("Blender not found (pass --blender PATH or set $BLENDER to install the add-on); "
-                 "without it, sdi-blender export writes RUN_DIR/export/mesh.glb to import by hand")
+            step(
+                "Blender not found (pass --blender PATH or set $BLENDER to install the add-on); "
+                "without it, sdi-blender export writes RUN_DIR/export/mesh.glb to import by hand"
+            )
     except (SetupError, OSError) as exc:  # OSError: e.g. no permission to write the venv
         print(f"error: {exc}", file=sys.stderr)
         return 1

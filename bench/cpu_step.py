@@ -56,8 +56,15 @@ def time_trainers(prior: StableDiffusionPrior, methods: list[str], steps: int, w
         for m in methods:
             run = Path(folder) / m
             run_dir.prepare_new_run(run, overwrite=True)
-            config = make_config("a red apple", "test", model="tiny", method=m, steps=warmup + steps,
-                                 checkpoint_every=10 ** 6, preview_every=10 ** 6)
+            config = make_config(
+                "a red apple",
+                "test",
+                model="tiny",
+                method=m,
+                steps=warmup + steps,
+                checkpoint_every=10**6,
+                preview_every=10**6,
+            )
             trainers[m] = Trainer(config, run, prior=prior, timer=timers[m])
         for i in range(warmup + steps):
             for m, trainer in trainers.items():
@@ -67,8 +74,15 @@ def time_trainers(prior: StableDiffusionPrior, methods: list[str], steps: int, w
                 start = time.perf_counter()
                 trainer.report_progress()
                 report_us[m].append((time.perf_counter() - start) * 1e6)
-    return {m: {"steps": steps, "warmup": warmup, **summarise(timers[m].results()),
-                "report_us_median": statistics.median(report_us[m][warmup:])} for m in methods}
+    return {
+        m: {
+            "steps": steps,
+            "warmup": warmup,
+            **summarise(timers[m].results()),
+            "report_us_median": statistics.median(report_us[m][warmup:]),
+        }
+        for m in methods
+    }
 
 
 # -- the hash grid ----------------------------------------------------------------------------
@@ -78,9 +92,9 @@ def reference_encoding(enc: HashGridEncoding, x01: torch.Tensor) -> torch.Tensor
     for level in range(min(enc.active_levels, enc.n_levels)):
         res, size = int(enc.resolution[level]), int(enc.table_size[level])
         start = int(enc.offset[level])
-        table = enc.params[:, start:start + size]                       # [F, T_l]
+        table = enc.params[:, start : start + size]  # [F, T_l]
         pos = x01 * res
-        cell = pos.detach().floor().clamp(0, res - 1).long()              # [N, 3]
+        cell = pos.detach().floor().clamp(0, res - 1).long()  # [N, 3]
         frac = pos - cell
         acc = torch.zeros(x01.shape[0], enc.n_features, dtype=x01.dtype)
         for corner in range(8):
@@ -100,8 +114,9 @@ def reference_encoding(enc: HashGridEncoding, x01: torch.Tensor) -> torch.Tensor
     return torch.cat(feats, dim=1)
 
 
-def _modes(encode: Callable[[torch.Tensor], torch.Tensor], params: torch.nn.Parameter,
-           x: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], tuple[torch.Tensor, ...]]]:
+def _modes(
+    encode: Callable[[torch.Tensor], torch.Tensor], params: torch.nn.Parameter, x: torch.Tensor, w: torch.Tensor
+) -> dict[str, Callable[[], tuple[torch.Tensor, ...]]]:
     """The three workloads; each returns what is compared between the implementations."""
 
     def forward() -> tuple[torch.Tensor, ...]:
@@ -148,8 +163,14 @@ def time_hash_grid(points: int, repeats: int) -> dict:
     w = torch.randn(enc.n_output_dims, 1)
     fast = _modes(enc, enc.params, x, w)
     ref = _modes(lambda p: reference_encoding(enc, p), enc.params, x, w)
-    result = {"levels": enc.n_levels, "features": enc.n_features, "table": int(enc.table_size.max()),
-              "points": points, "repeats": repeats, "modes": {}}
+    result = {
+        "levels": enc.n_levels,
+        "features": enc.n_features,
+        "table": int(enc.table_size.max()),
+        "points": points,
+        "repeats": repeats,
+        "modes": {},
+    }
     for name in fast:
         for a, b in zip(fast[name](), ref[name]()):
             # fp32 sums in another order: tolerances relative to the values' scale (position
@@ -157,8 +178,11 @@ def time_hash_grid(points: int, repeats: int) -> dict:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()))
         # The fastest of the repeats: on a shared machine, load only ever adds time.
         s_fast, s_ref = (min(t) for t in _interleaved_s([fast[name], ref[name]], repeats))
-        result["modes"][name] = {"fast_points_per_s": points / s_fast,
-                                 "reference_points_per_s": points / s_ref, "speedup": s_ref / s_fast}
+        result["modes"][name] = {
+            "fast_points_per_s": points / s_fast,
+            "reference_points_per_s": points / s_ref,
+            "speedup": s_ref / s_fast,
+        }
     return result
 
 
@@ -176,8 +200,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20, help="timed trainer steps per method")
     ap.add_argument("--warmup", type=int, default=3, help="untimed trainer steps first")
-    ap.add_argument("--points", type=int, default=131072,
-                    help="points per hash-grid call (default: the samples of one test-preset render)")
+    ap.add_argument(
+        "--points",
+        type=int,
+        default=131072,
+        help="points per hash-grid call (default: the samples of one test-preset render)",
+    )
     ap.add_argument("--repeats", type=int, default=5, help="timed hash-grid calls per mode")
     ap.add_argument("--out", type=Path, help="JSON path (default bench/results/cpu-step-<date>.json)")
     args = ap.parse_args()
@@ -186,17 +214,29 @@ def main() -> None:
     trainer = time_trainers(prior, ["sdi", "sds"], args.steps, args.warmup)
     for m, r in trainer.items():
         parts = ", ".join(f"{k} {v:.1f}" for k, v in r["median_ms"].items() if k != "step")
-        print(f"{m.upper()} tiny/test step: {r['median_ms']['step']:7.1f} ms median ({parts}); "
-              f"loss report {r['report_us_median']:.0f} µs")
+        print(
+            f"{m.upper()} tiny/test step: {r['median_ms']['step']:7.1f} ms median ({parts}); "
+            f"loss report {r['report_us_median']:.0f} µs"
+        )
     sdi_over_sds = trainer["sdi"]["median_ms"]["step"] / trainer["sds"]["median_ms"]["step"]
     print(f"SDI/SDS step: {sdi_over_sds:.2f}x")
     grid = time_hash_grid(args.points, args.repeats)
     for name, r in grid["modes"].items():
-        print(f"hash grid {name:25s}: {r['fast_points_per_s'] / 1e6:6.2f} M points/s vs reference "
-              f"{r['reference_points_per_s'] / 1e6:6.2f} M points/s: {r['speedup']:.2f}x")
-    result = {"date": f"{datetime.date.today():%Y-%m-%d}", "device": cpu_name(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "preset": "test", "model": "tiny",
-              "trainer": trainer, "sdi_over_sds": sdi_over_sds, "hash_grid": grid}
+        print(
+            f"hash grid {name:25s}: {r['fast_points_per_s'] / 1e6:6.2f} M points/s vs reference "
+            f"{r['reference_points_per_s'] / 1e6:6.2f} M points/s: {r['speedup']:.2f}x"
+        )
+    result = {
+        "date": f"{datetime.date.today():%Y-%m-%d}",
+        "device": cpu_name(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "preset": "test",
+        "model": "tiny",
+        "trainer": trainer,
+        "sdi_over_sds": sdi_over_sds,
+        "hash_grid": grid,
+    }
     path = args.out or Path(__file__).parent / "results" / f"cpu-step-{result['date']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -54,19 +54,41 @@ GRID_EVERY = 16  # RendererConfig.grid_update_every
 def sd21_base_configs(vocab_size: int = 49408) -> dict[str, dict]:
     """Constructor arguments of SD 2.1-base's UNet, VAE and text encoder (its config.json files)."""
     return {
-        "unet": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-                     block_out_channels=(320, 640, 1280, 1280),
-                     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-                     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-                     attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024,
-                     use_linear_projection=True, norm_num_groups=32),
-        "vae": dict(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512),
-                    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                    layers_per_block=2, latent_channels=4, norm_num_groups=32, sample_size=512,
-                    scaling_factor=0.18215),
-        "text_encoder": dict(vocab_size=vocab_size, hidden_size=1024, intermediate_size=4096,
-                             num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
-                             projection_dim=512, hidden_act="gelu"),
+        "unet": dict(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+            attention_head_dim=(5, 10, 20, 20),
+            cross_attention_dim=1024,
+            use_linear_projection=True,
+            norm_num_groups=32,
+        ),
+        "vae": dict(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=512,
+            scaling_factor=0.18215,
+        ),
+        "text_encoder": dict(
+            vocab_size=vocab_size,
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            max_position_embeddings=77,
+            projection_dim=512,
+            hidden_act="gelu",
+        ),
     }
 
 
@@ -93,18 +115,34 @@ def build_sd21_base(folder: Path, device: str, configs: dict[str, dict] | None =
     with torch.device(device):  # initialise on the GPU: seconds instead of minutes on the CPU
         unet = UNet2DConditionModel(**cfg["unet"])
         vae = AutoencoderKL(**cfg["vae"])
-        text = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"], bos_token_id=n_tokens - 2,
-                                            eos_token_id=n_tokens - 1, pad_token_id=n_tokens - 1))
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                **cfg["text_encoder"], bos_token_id=n_tokens - 2, eos_token_id=n_tokens - 1, pad_token_id=n_tokens - 1
+            )
+        )
     for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text)):
         model.to("cpu", torch.float16).save_pretrained(folder / name)
-    DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                  beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
-                  steps_offset=1, prediction_type="epsilon").save_pretrained(folder / "scheduler")
-    index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-             "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-             "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
-             "safety_checker": [None, None], "feature_extractor": [None, None],
-             "requires_safety_checker": False}
+    DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    ).save_pretrained(folder / "scheduler")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
@@ -177,13 +215,18 @@ class Row:
     speed: dict = dataclasses.field(default_factory=dict)  # SpeedConfig settings that differ
 
 
-CORE_ROWS = [Row("sdi-perpneg", "sdi", True), Row("sdi", "sdi", False),
-             Row("sds-perpneg", "sds", True), Row("sds", "sds", False)]
-KNOB_ROWS = [Row("sdi-perpneg-compiled", "sdi", True, {"compile_unet": "auto"}),
-             Row("sdi-perpneg-channels-first", "sdi", True, {"channels_last": False}),
-             Row("sdi-perpneg-vae-checkpointing", "sdi", True, {"vae_checkpointing": True})]
-BARE_VARIANTS = {"eager": {}, "compiled": {"compile_unet": "auto"},
-                 "eager-channels-first": {"channels_last": False}}
+CORE_ROWS = [
+    Row("sdi-perpneg", "sdi", True),
+    Row("sdi", "sdi", False),
+    Row("sds-perpneg", "sds", True),
+    Row("sds", "sds", False),
+]
+KNOB_ROWS = [
+    Row("sdi-perpneg-compiled", "sdi", True, {"compile_unet": "auto"}),
+    Row("sdi-perpneg-channels-first", "sdi", True, {"channels_last": False}),
+    Row("sdi-perpneg-vae-checkpointing", "sdi", True, {"vae_checkpointing": True}),
+]
+BARE_VARIANTS = {"eager": {}, "compiled": {"compile_unet": "auto"}, "eager-channels-first": {"channels_last": False}}
 
 
 def measure_bare(prior, repeats: int) -> dict:
@@ -203,8 +246,9 @@ def measure_bare(prior, repeats: int) -> dict:
     return out
 
 
-def run_row(prior, row: Row, preset: str, steps: int, warmup: int, bare: dict, folder: Path,
-            **settings: object) -> dict:
+def run_row(
+    prior, row: Row, preset: str, steps: int, warmup: int, bare: dict, folder: Path, **settings: object
+) -> dict:
     """Time the real trainer for ``row``: warm-up, then ``steps`` steps spread over the schedule
     (``settings`` override the preset's, as ``make_config`` takes them)."""
     from sdi_blender.server.training import run_dir
@@ -212,9 +256,17 @@ def run_row(prior, row: Row, preset: str, steps: int, warmup: int, bare: dict, f
     from sdi_blender.server.training.trainer import Trainer
     from sdi_blender.server.util.step_timer import StepTimer, summarise
 
-    config = make_config("a ripe strawberry", preset, model=prior.model_id, method=row.method,
-                         perp_neg=row.perp_neg, checkpoint_every=10 ** 9, preview_every=10 ** 9,
-                         **settings, **{f"speed.{k}": v for k, v in row.speed.items()})
+    config = make_config(
+        "a ripe strawberry",
+        preset,
+        model=prior.model_id,
+        method=row.method,
+        perp_neg=row.perp_neg,
+        checkpoint_every=10**9,
+        preview_every=10**9,
+        **settings,
+        **{f"speed.{k}": v for k, v in row.speed.items()},
+    )
     run_dir.prepare_new_run(folder, overwrite=True)
     cuda = prior.device.type == "cuda"
     if cuda:
@@ -239,14 +291,23 @@ def run_row(prior, row: Row, preset: str, steps: int, warmup: int, bare: dict, f
     bound = [unet_calls(row.method, t) * unet_ms + vae_ms for t in ts]
     summary = summarise(per_step)
     mean_step = summary["mean_ms"]["step"]
-    return {"name": row.name, "method": row.method, "perp_neg": row.perp_neg,
-            "speed": dataclasses.asdict(config.speed), "steps": len(ts), "warmup": warmup,
-            **summary, "unet_calls_mean": statistics.fmean(unet_calls(row.method, t) for t in ts),
-            "bound_ms_mean": statistics.fmean(bound), "step_over_bound": mean_step / statistics.fmean(bound),
-            "minutes_per_10k_steps": mean_step * PAPER_STEPS / 60_000, **io_ms,
-            "minutes_per_10k_steps_with_io": (mean_step * PAPER_STEPS + io_ms["io_ms_per_10k_steps"]) / 60_000,
-            "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2 ** 30 if cuda else None}
+    return {
+        "name": row.name,
+        "method": row.method,
+        "perp_neg": row.perp_neg,
+        "speed": dataclasses.asdict(config.speed),
+        "steps": len(ts),
+        "warmup": warmup,
+        **summary,
+        "unet_calls_mean": statistics.fmean(unet_calls(row.method, t) for t in ts),
+        "bound_ms_mean": statistics.fmean(bound),
+        "step_over_bound": mean_step / statistics.fmean(bound),
+        "minutes_per_10k_steps": mean_step * PAPER_STEPS / 60_000,
+        **io_ms,
+        "minutes_per_10k_steps_with_io": (mean_step * PAPER_STEPS + io_ms["io_ms_per_10k_steps"]) / 60_000,
+        "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
+    }
 
 
 def run_overheads(trainer, config) -> dict[str, float]:
@@ -260,8 +321,7 @@ def run_overheads(trainer, config) -> dict[str, float]:
     checkpoint = time_ms(trainer.save_checkpoint, cuda, repeats=1, warmup=0)
     steps = PRESETS[config.preset].get("steps", PAPER_STEPS)
     per_run = steps / every.preview_every * preview + steps / every.checkpoint_every * checkpoint
-    return {"preview_ms": preview, "checkpoint_ms": checkpoint,
-            "io_ms_per_10k_steps": per_run * PAPER_STEPS / steps}
+    return {"preview_ms": preview, "checkpoint_ms": checkpoint, "io_ms_per_10k_steps": per_run * PAPER_STEPS / steps}
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -269,12 +329,21 @@ def environment(device: torch.device) -> dict:
     import diffusers
     import nerfacc
 
-    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
-           "nerfacc": getattr(nerfacc, "__version__", "?"), "python": sys.version.split()[0]}
+    env = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__,
+        "nerfacc": getattr(nerfacc, "__version__", "?"),
+        "python": sys.version.split()[0],
+    }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, sms=props.multi_processor_count,
-                   memory_gib=props.total_memory / 2 ** 30, cudnn=torch.backends.cudnn.version())
+        env.update(
+            gpu=props.name,
+            sms=props.multi_processor_count,
+            memory_gib=props.total_memory / 2**30,
+            cudnn=torch.backends.cudnn.version(),
+        )
     else:
         env["gpu"] = "none (dry run on CPU)"
     return env
@@ -282,19 +351,22 @@ def environment(device: torch.device) -> dict:
 
 def print_rows(result: dict) -> None:
     bare = result["bare"]
-    print(f"bare UNet ms (best): {bare['unet_ms_best']}  VAE fwd+bwd ms (best): "
-          f"{bare['vae_fwd_bwd_ms_best']:.2f}")
-    print(f"{'row':34s} {'step ms':>8s} {'render':>7s} {'vae':>6s} {'inv':>7s} {'pred':>6s} {'update':>6s} "
-          f"{'other':>6s} {'bound':>7s} {'ratio':>5s} {'min/10k':>7s} {'peak GiB':>8s}")
+    print(f"bare UNet ms (best): {bare['unet_ms_best']}  VAE fwd+bwd ms (best): {bare['vae_fwd_bwd_ms_best']:.2f}")
+    print(
+        f"{'row':34s} {'step ms':>8s} {'render':>7s} {'vae':>6s} {'inv':>7s} {'pred':>6s} {'update':>6s} "
+        f"{'other':>6s} {'bound':>7s} {'ratio':>5s} {'min/10k':>7s} {'peak GiB':>8s}"
+    )
     for r in result["rows"]:
         if "error" in r:
             print(f"{r['name']:34s} failed: {r['error']}")
             continue
         m = r["mean_ms"]
         peak = f"{r['peak_reserved_gib']:.1f}" if r["peak_reserved_gib"] is not None else "-"
-        print(f"{r['name']:34s} {m['step']:8.1f} {m['render']:7.1f} {m['vae']:6.1f} {m['inversion']:7.1f} "
-              f"{m['prediction']:6.1f} {m['update']:6.1f} {m['other']:6.1f} {r['bound_ms_mean']:7.1f} "
-              f"{r['step_over_bound']:5.2f} {r['minutes_per_10k_steps']:7.1f} {peak:>8s}")
+        print(
+            f"{r['name']:34s} {m['step']:8.1f} {m['render']:7.1f} {m['vae']:6.1f} {m['inversion']:7.1f} "
+            f"{m['prediction']:6.1f} {m['update']:6.1f} {m['other']:6.1f} {r['bound_ms_mean']:7.1f} "
+            f"{r['step_over_bound']:5.2f} {r['minutes_per_10k_steps']:7.1f} {peak:>8s}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,13 +374,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=32, help="timed steps per row (a multiple of 16)")
     ap.add_argument("--warmup", type=int, default=4, help="untimed steps first (compiling happens here)")
     ap.add_argument("--repeats", type=int, default=10, help="timed calls per bare measurement")
-    ap.add_argument("--rows", choices=("core", "all"), default="all",
-                    help="core: SDI/SDS with and without Perp-Neg; all: also the speed knobs")
-    ap.add_argument("--model-dir", type=Path,
-                    help="where to build (or find) the random SD 2.1-base (default: temporary)")
+    ap.add_argument(
+        "--rows",
+        choices=("core", "all"),
+        default="all",
+        help="core: SDI/SDS with and without Perp-Neg; all: also the speed knobs",
+    )
+    ap.add_argument(
+        "--model-dir", type=Path, help="where to build (or find) the random SD 2.1-base (default: temporary)"
+    )
     ap.add_argument("--out", type=Path, help="JSON path (default bench/results/<gpu>-<date>.json)")
-    ap.add_argument("--dry-run-cpu", action="store_true",
-                    help="run everything on CPU with the tiny model and the test preset, 2 steps a row")
+    ap.add_argument(
+        "--dry-run-cpu",
+        action="store_true",
+        help="run everything on CPU with the tiny model and the test preset, 2 steps a row",
+    )
     args = ap.parse_args(argv)
     if not args.dry_run_cpu and not torch.cuda.is_available():
         print("gpu_step: no CUDA device here, nothing measured (bench/cpu_step.py is the CPU benchmark)")
@@ -336,21 +416,29 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for row in rows:
             try:
-                results.append(run_row(prior, row, preset, args.steps, args.warmup, bare,
-                                       Path(tmp) / "run", **small))
+                results.append(run_row(prior, row, preset, args.steps, args.warmup, bare, Path(tmp) / "run", **small))
             except Exception as exc:
                 results.append({"name": row.name, "error": f"{type(exc).__name__}: {exc}"})
     env = environment(prior.device)
     paper = next((r for r in results if r["name"] == "sdi-perpneg" and "error" not in r), None)
-    result = {"date": f"{datetime.date.today():%Y-%m-%d}", **env, "preset": preset,
-              "model": "SD 2.1-base architecture, random fp16 weights" if not args.dry_run_cpu else "tiny",
-              "dry_run": args.dry_run_cpu, "bare": bare, "rows": results,
-              "targets": {"step_over_bound_max": 1.3, "minutes_per_10k_steps_max": 15, "peak_gib_max": 16},
-              "paper_row_meets": None if paper is None or paper["peak_reserved_gib"] is None else {
-                  "step_over_bound": paper["step_over_bound"] <= 1.3,
-                  "minutes": paper["minutes_per_10k_steps"] <= 15,
-                  "peak_memory": paper["peak_reserved_gib"] <= 16},
-              "bench_seconds": time.perf_counter() - started}
+    result = {
+        "date": f"{datetime.date.today():%Y-%m-%d}",
+        **env,
+        "preset": preset,
+        "model": "SD 2.1-base architecture, random fp16 weights" if not args.dry_run_cpu else "tiny",
+        "dry_run": args.dry_run_cpu,
+        "bare": bare,
+        "rows": results,
+        "targets": {"step_over_bound_max": 1.3, "minutes_per_10k_steps_max": 15, "peak_gib_max": 16},
+        "paper_row_meets": None
+        if paper is None or paper["peak_reserved_gib"] is None
+        else {
+            "step_over_bound": paper["step_over_bound"] <= 1.3,
+            "minutes": paper["minutes_per_10k_steps"] <= 15,
+            "peak_memory": paper["peak_reserved_gib"] <= 16,
+        },
+        "bench_seconds": time.perf_counter() - started,
+    }
     print_rows(result)
     slug = re.sub(r"[^a-z0-9]+", "-", env["gpu"].lower()).strip("-")
     path = args.out or Path(__file__).parent / "results" / f"{slug}-{result['date']}.json"

@@ -52,9 +52,16 @@ def main() -> None:
     prior = StableDiffusionPrior(args.model)
     ms = {m: statistics.median(time_steps(prior, m, args.steps, args.t)) for m in ("sds", "sdi")}
     device = torch.cuda.get_device_name() if prior.device.type == "cuda" else platform.processor() or "cpu"
-    result = {"model": args.model, "device": device, "torch": torch.__version__, "t": args.t,
-              "steps": args.steps, "ms_per_step": ms, "sdi_over_sds": ms["sdi"] / ms["sds"],
-              "unet_calls_per_step": {"sds": 1, "sdi": 1 + len(range(1, args.t, 100)) + 1}}
+    result = {
+        "model": args.model,
+        "device": device,
+        "torch": torch.__version__,
+        "t": args.t,
+        "steps": args.steps,
+        "ms_per_step": ms,
+        "sdi_over_sds": ms["sdi"] / ms["sds"],
+        "unet_calls_per_step": {"sds": 1, "sdi": 1 + len(range(1, args.t, 100)) + 1},
+    }
     for m, v in ms.items():
         print(f"{m.upper()}: {v:8.2f} ms/step")
     print(f"SDI/SDS: {result['sdi_over_sds']:.2f}x (UNet calls {result['unet_calls_per_step']})")

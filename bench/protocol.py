@@ -40,8 +40,7 @@ def main() -> None:
         try:
             with server.connect() as client, server.connect() as poller:
                 idle_rps = round_trips(poller)
-                client.request("generate", prompt="a red apple", preset="test", steps=args.steps,
-                                     resolution=32)["job"]
+                client.request("generate", prompt="a red apple", preset="test", steps=args.steps, resolution=32)["job"]
                 busy_rps = round_trips(poller)
                 latencies, count, first, last = [], 0, None, None
                 while True:
@@ -57,10 +56,15 @@ def main() -> None:
             raise SystemExit("the job produced no events for 10 minutes") from None
         finally:
             server.stop()
-    result = {"status_round_trips_per_s": {"idle": idle_rps, "busy": busy_rps},
-              "job_events": count, "job_events_per_s": count / max(last - first, 1e-9),
-              "progress_latency_ms": {"median": statistics.median(latencies) if latencies else None,
-                                      "max": max(latencies) if latencies else None}}
+    result = {
+        "status_round_trips_per_s": {"idle": idle_rps, "busy": busy_rps},
+        "job_events": count,
+        "job_events_per_s": count / max(last - first, 1e-9),
+        "progress_latency_ms": {
+            "median": statistics.median(latencies) if latencies else None,
+            "max": max(latencies) if latencies else None,
+        },
+    }
     print(json.dumps(result, indent=2))
     out = Path(__file__).parent / "results" / f"protocol-{datetime.date.today():%Y-%m-%d}.json"
     out.parent.mkdir(exist_ok=True)

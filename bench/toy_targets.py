@@ -57,14 +57,19 @@ def measure(run: Path, sheet: Path | None) -> dict:
     for az in AZIMUTHS:
         el, a = torch.tensor([15.0]), torch.tensor([az])
         with torch.no_grad():
-            image = as_image(render_views(renderer, orbit_cameras(el, a, 2.0, 50.0, prior.image_size,
-                                                                  prior.image_size))[0])
+            image = as_image(
+                render_views(renderer, orbit_cameras(el, a, 2.0, 50.0, prior.image_size, prior.image_size))[0]
+            )
         x0, predictor = image[None] * 2 - 1, prior.predictor(emb, el, a)
         row = [x0[0], _truth(obj, el, a, prior.image_size)[0]]
         for t in TIMESTEPS:
             for m in METHODS:
-                guide = ScoreDistillation(predictor, m, guidance_scale=cfg.guidance_scale,
-                                          inversion_guidance_scale=cfg.inversion_guidance_scale)
+                guide = ScoreDistillation(
+                    predictor,
+                    m,
+                    guidance_scale=cfg.guidance_scale,
+                    inversion_guidance_scale=cfg.inversion_guidance_scale,
+                )
                 for s in range(DRAWS):
                     target = guide.step(x0, t, torch.Generator().manual_seed(s)).target[0]
                     nearest = (cands - target.flatten()).square().sum(1).argmin()
@@ -74,9 +79,14 @@ def measure(run: Path, sheet: Path | None) -> dict:
         rows.append(torch.cat(row, -1))
     if sheet is not None:
         _save_sheet(torch.cat(rows[::3], -2), sheet)
-    return {"run_step": step, "prompt": cfg.prompt, "method_trained": cfg.method,
-            "mean_azimuth_error_deg": {str(t): {m: round(sum(v) / len(v), 1) for m, v in e.items()}
-                                       for t, e in errors.items()}}
+    return {
+        "run_step": step,
+        "prompt": cfg.prompt,
+        "method_trained": cfg.method,
+        "mean_azimuth_error_deg": {
+            str(t): {m: round(sum(v) / len(v), 1) for m, v in e.items()} for t, e in errors.items()
+        },
+    }
 
 
 def _save_sheet(images: torch.Tensor, out: Path) -> None:
@@ -100,8 +110,15 @@ def main() -> None:
         run = args.run
         if run is None:
             run = Path(folder) / "run"
-            run_generate(GenerateRequest(out=run, prompt=TOY_OBJECTS[args.object].prompt, preset="toy",
-                                         device="cpu", settings={"method": args.method}))
+            run_generate(
+                GenerateRequest(
+                    out=run,
+                    prompt=TOY_OBJECTS[args.object].prompt,
+                    preset="toy",
+                    device="cpu",
+                    settings={"method": args.method},
+                )
+            )
         result = measure(run, args.sheet)
     print(json.dumps(result, indent=1))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -45,8 +45,12 @@ def main() -> None:
     parser.add_argument("--objects", type=int, nargs="*", default=list(range(len(TOY_OBJECTS))))
     parser.add_argument("--steps", type=int, default=None, help="override the toy preset's steps")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    parser.add_argument("--pictures", type=Path, default=None,
-                        help="also write each object's SDS and SDI turntables (one row each) here")
+    parser.add_argument(
+        "--pictures",
+        type=Path,
+        default=None,
+        help="also write each object's SDS and SDI turntables (one row each) here",
+    )
     args = parser.parse_args()
     prior = load_prior("toyworld", device="cpu")
     rows = []
@@ -56,9 +60,16 @@ def main() -> None:
                 for method in ("sdi", "sds"):
                     run = Path(folder) / f"{obj}-{method}-{seed}"
                     start = time.perf_counter()
-                    run_generate(GenerateRequest(out=run, prompt=TOY_OBJECTS[obj].prompt, preset="toy",
-                                                 device="cpu", settings={"method": method, "seed": seed,
-                                                                         "steps": args.steps}), prior=prior)
+                    run_generate(
+                        GenerateRequest(
+                            out=run,
+                            prompt=TOY_OBJECTS[obj].prompt,
+                            preset="toy",
+                            device="cpu",
+                            settings={"method": method, "seed": seed, "steps": args.steps},
+                        ),
+                        prior=prior,
+                    )
                     train_s = time.perf_counter() - start
                     scores = score_run(run)
                     rows.append({"object": obj, "seed": seed, "train_seconds": round(train_s, 1), **scores})
@@ -67,8 +78,11 @@ def main() -> None:
                     _pair(Path(folder), obj, args.pictures / f"toy-{obj}-sds-vs-sdi.png")
     out = args.out / f"toy-world-{datetime.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
 

@@ -75,8 +75,15 @@ def _gist(output: str) -> str:
 def _run_blender(blender: str, args: list[str], what: str, timeout: float) -> str:
     """Run Blender to completion; its combined output, or BlenderError naming ``what`` failed."""
     try:
-        proc = subprocess.run([blender, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, errors="replace", timeout=timeout)
+        proc = subprocess.run(
+            [blender, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         raise BlenderError(f"{what}: Blender {blender} did not finish within {timeout:.0f} s") from None
     except OSError as exc:
@@ -87,22 +94,33 @@ def _run_blender(blender: str, args: list[str], what: str, timeout: float) -> st
     return proc.stdout
 
 
-def install_extension(blender: str, zip_path: Path, server_python: str | None,
-                      timeout: float = INSTALL_TIMEOUT_S) -> None:
+def install_extension(
+    blender: str, zip_path: Path, server_python: str | None, timeout: float = INSTALL_TIMEOUT_S
+) -> None:
     """Install and enable the add-on zip in ``blender``'s user repository and store ``server_python``
     in its preferences (left as it is when None). Reinstalling over an older copy is fine.
 
     No --factory-startup: the point is to change the user's own preferences.
     """
-    _run_blender(blender, ["--command", "extension", "install-file", "--repo", REPO_ID, "--enable",
-                           str(Path(zip_path).absolute())], "installing the add-on", timeout)
+    _run_blender(
+        blender,
+        ["--command", "extension", "install-file", "--repo", REPO_ID, "--enable", str(Path(zip_path).absolute())],
+        "installing the add-on",
+        timeout,
+    )
     if server_python is None:
         return
     # A KeyError here means the add-on did not get enabled; --python-exit-code makes that a failure.
-    code = (f"import bpy; addon = bpy.context.preferences.addons[{ADDON_MODULE!r}]; "
-            f"addon.preferences.server_python = {server_python!r}; bpy.ops.wm.save_userpref()")
-    _run_blender(blender, ["--background", "--python-exit-code", "1", "--python-expr", code],
-                 "storing the server python in the add-on preferences", timeout)
+    code = (
+        f"import bpy; addon = bpy.context.preferences.addons[{ADDON_MODULE!r}]; "
+        f"addon.preferences.server_python = {server_python!r}; bpy.ops.wm.save_userpref()"
+    )
+    _run_blender(
+        blender,
+        ["--background", "--python-exit-code", "1", "--python-expr", code],
+        "storing the server python in the add-on preferences",
+        timeout,
+    )
 
 
 def import_expression(run_dir: Path) -> str:
@@ -113,8 +131,10 @@ def import_expression(run_dir: Path) -> str:
     """
     run_dir = Path(run_dir).resolve()
     glb = run_dir / "export" / "mesh.glb"
-    return (f"import bpy; bpy.ops.sdi.import_run(run_dir={str(run_dir)!r}) if 'import_run' in dir(bpy.ops.sdi) "
-            f"else bpy.ops.import_scene.gltf(filepath={str(glb)!r})")
+    return (
+        f"import bpy; bpy.ops.sdi.import_run(run_dir={str(run_dir)!r}) if 'import_run' in dir(bpy.ops.sdi) "
+        f"else bpy.ops.import_scene.gltf(filepath={str(glb)!r})"
+    )
 
 
 def open_in_blender(blender: str, run_dir: Path) -> subprocess.Popen:
@@ -128,7 +148,12 @@ def open_in_blender(blender: str, run_dir: Path) -> subprocess.Popen:
     else:
         detach = {"start_new_session": True}
     try:
-        return subprocess.Popen([blender, "--python-expr", import_expression(run_dir)], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **detach)
+        return subprocess.Popen(
+            [blender, "--python-expr", import_expression(run_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **detach,
+        )
     except OSError as exc:
         raise BlenderError(f"cannot start Blender {blender}: {exc}") from None

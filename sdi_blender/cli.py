@@ -41,9 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_distill2d(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("distill2d", help="the paper's 2D experiment: optimise one image by score distillation",
-                       description="Optimise one latent image towards PROMPT by SDI or SDS "
-                                   "(paper defaults: 1000 Adam steps, lr 0.1, guidance 7.5, t 980 → 20).")
+    p = sub.add_parser(
+        "distill2d",
+        help="the paper's 2D experiment: optimise one image by score distillation",
+        description="Optimise one latent image towards PROMPT by SDI or SDS "
+        "(paper defaults: 1000 Adam steps, lr 0.1, guidance 7.5, t 980 → 20).",
+    )
     # Unset options (None) take Distill2DConfig's defaults, the paper's: one source of truth.
     p.add_argument("prompt", help="what the image should show")
     p.add_argument("--negative-prompt", help="CFG's unconditional prompt (default: empty)")
@@ -55,29 +58,46 @@ def _add_distill2d(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t-max", type=int, help="first timestep of the schedule (default 980)")
     p.add_argument("--t-min", type=int, help="last timestep of the schedule (default 20)")
     p.add_argument("--frames", type=int, help="snapshots in the strip image (default 8)")
-    p.add_argument("--model", help="hub id (default stabilityai/stable-diffusion-2-1-base), "
-                                   "local diffusers directory, or 'tiny' (built-in test model)")
+    p.add_argument(
+        "--model",
+        help="hub id (default stabilityai/stable-diffusion-2-1-base), "
+        "local diffusers directory, or 'tiny' (built-in test model)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--out", type=Path, default=Path("distill2d.png"),
-                   help="output image (.png/.jpg); the strip goes beside it as NAME_strip.png")
-    p.add_argument("--compare", action="store_true",
-                   help="run SDS and SDI from the same seed and write them side by side")
-    p.add_argument("--clip", help="also score the final image(s) as eval does (CLIP score, CLIP-IQA) into "
-                                  "NAME_metrics.json with this CLIP: a hub id such as "
-                                  "openai/clip-vit-large-patch14, a local directory, or 'tiny'")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("distill2d.png"),
+        help="output image (.png/.jpg); the strip goes beside it as NAME_strip.png",
+    )
+    p.add_argument(
+        "--compare", action="store_true", help="run SDS and SDI from the same seed and write them side by side"
+    )
+    p.add_argument(
+        "--clip",
+        help="also score the final image(s) as eval does (CLIP score, CLIP-IQA) into "
+        "NAME_metrics.json with this CLIP: a hub id such as "
+        "openai/clip-vit-large-patch14, a local directory, or 'tiny'",
+    )
     p.set_defaults(func=_run_distill2d)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="optimise a 3D field for a prompt (text-to-3D)",
-                       description="Optimise a hash-grid radiance field so that its renders match PROMPT "
-                                   "under SDI (default) or SDS; results go to RUN_DIR.")
+    p = sub.add_parser(
+        "generate",
+        help="optimise a 3D field for a prompt (text-to-3D)",
+        description="Optimise a hash-grid radiance field so that its renders match PROMPT "
+        "under SDI (default) or SDS; results go to RUN_DIR.",
+    )
     p.add_argument("prompt", nargs="?", help="what the object should be")
     p.add_argument("--out", type=Path, help="the run folder (new, or an existing run with --resume)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--prompt", dest="prompt_option", help="a new prompt (with --resume)")
-    p.add_argument("--preset", choices=("test", "toy", "draft", "standard", "paper"),
-                   help="quality preset (default standard; paper = 10,000 steps at 512x512)")
+    p.add_argument(
+        "--preset",
+        choices=("test", "toy", "draft", "standard", "paper"),
+        help="quality preset (default standard; paper = 10,000 steps at 512x512)",
+    )
     p.add_argument("--method", choices=("sdi", "sds"), help="sdi (default) or sds")
     p.add_argument("--steps", type=int, help="steps (with --resume: steps to add)")
     p.add_argument("--resolution", type=int, help="render size in pixels, a multiple of 8")
@@ -86,10 +106,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative-prompt", help="CFG's unconditional prompt")
     p.add_argument("--guidance-scale", type=float, help="CFG scale (default 7.5)")
     p.add_argument("--batch-size", type=int, help="cameras per step (default 1)")
-    p.add_argument("--no-perp-neg", dest="perp_neg", action="store_false", default=None,
-                   help="turn Perp-Neg off")
-    p.add_argument("--no-view-dependent", dest="view_dependent", action="store_false", default=None,
-                   help="do not append the view to the prompt")
+    p.add_argument("--no-perp-neg", dest="perp_neg", action="store_false", default=None, help="turn Perp-Neg off")
+    p.add_argument(
+        "--no-view-dependent",
+        dest="view_dependent",
+        action="store_false",
+        default=None,
+        help="do not append the view to the prompt",
+    )
     p.add_argument("--preview-every", type=int, help="steps between previews")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
@@ -104,12 +128,29 @@ def _run_generate(args: argparse.Namespace) -> int:
         raise UserError("give exactly one of --out RUN_DIR (a new run) and --resume RUN_DIR")
     if args.prompt and args.prompt_option:
         raise UserError("give the prompt once, either as an argument or with --prompt")
-    names = ("method", "steps", "resolution", "seed", "model", "negative_prompt", "guidance_scale",
-             "batch_size", "perp_neg", "view_dependent", "preview_every", "checkpoint_every")
-    req = GenerateRequest(out=(args.out or args.resume).expanduser(), resume=args.resume is not None,
-                          prompt=args.prompt or args.prompt_option, overwrite=args.overwrite,
-                          device=args.device, preset=args.preset,
-                          settings={k: getattr(args, k) for k in names})
+    names = (
+        "method",
+        "steps",
+        "resolution",
+        "seed",
+        "model",
+        "negative_prompt",
+        "guidance_scale",
+        "batch_size",
+        "perp_neg",
+        "view_dependent",
+        "preview_every",
+        "checkpoint_every",
+    )
+    req = GenerateRequest(
+        out=(args.out or args.resume).expanduser(),
+        resume=args.resume is not None,
+        prompt=args.prompt or args.prompt_option,
+        overwrite=args.overwrite,
+        device=args.device,
+        preset=args.preset,
+        settings={k: getattr(args, k) for k in names},
+    )
     if req.settings.get("model"):
         from .server.diffusion.model_source import check_model_name
 
@@ -128,19 +169,26 @@ def _threshold(text: str) -> float | None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="turn a run's field into a textured mesh (GLB or OBJ)",
-                       description="Extract the surface of RUN_DIR's optimised field with marching cubes, "
-                                   "UV-unwrap it, bake the albedo and write RUN_DIR/export/.")
+    p = sub.add_parser(
+        "export",
+        help="turn a run's field into a textured mesh (GLB or OBJ)",
+        description="Extract the surface of RUN_DIR's optimised field with marching cubes, "
+        "UV-unwrap it, bake the albedo and write RUN_DIR/export/.",
+    )
     p.add_argument("run", type=Path, metavar="RUN_DIR", help="a run folder made by generate")
     p.add_argument("--resolution", type=int, default=256, help="marching-cubes grid per side (default 256)")
-    p.add_argument("--threshold", type=_threshold, default=None, metavar="auto|VALUE",
-                   help="density iso-level (default auto)")
+    p.add_argument(
+        "--threshold", type=_threshold, default=None, metavar="auto|VALUE", help="density iso-level (default auto)"
+    )
     p.add_argument("--texture-size", type=int, default=1024, help="texture side, a power of two (default 1024)")
     p.add_argument("--faces", type=int, help="decimate to about N triangles")
     p.add_argument("--format", choices=("glb", "obj"), default="glb", help="glb (default) or obj")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--open", action="store_true",
-                   help="then open the mesh in Blender (--blender, $BLENDER, blender on PATH, or the usual places)")
+    p.add_argument(
+        "--open",
+        action="store_true",
+        help="then open the mesh in Blender (--blender, $BLENDER, blender on PATH, or the usual places)",
+    )
     p.add_argument("--blender", metavar="PATH", help="the Blender for --open (implies --open)")
     p.set_defaults(func=_run_export)
 
@@ -149,8 +197,13 @@ def _run_export(args: argparse.Namespace) -> int:
     from . import blender_app
     from .server.export.pipeline import ExportSettings, export_run
 
-    settings = ExportSettings(resolution=args.resolution, threshold=args.threshold,
-                              texture_size=args.texture_size, faces=args.faces, format=args.format)
+    settings = ExportSettings(
+        resolution=args.resolution,
+        threshold=args.threshold,
+        texture_size=args.texture_size,
+        faces=args.faces,
+        format=args.format,
+    )
     settings.validate()
     open_it = args.open or args.blender is not None
     if open_it and args.format != "glb":
@@ -166,31 +219,41 @@ def _run_export(args: argparse.Namespace) -> int:
 
     result = export_run(args.run.expanduser(), settings, args.device, progress)
     info = result.info
-    print(f"wrote {result.files['mesh']} ({info['vertices']} vertices, {info['faces']} faces, "
-          f"{settings.texture_size}px texture, threshold {info['threshold']:.4g})", file=sys.stderr)
+    print(
+        f"wrote {result.files['mesh']} ({info['vertices']} vertices, {info['faces']} faces, "
+        f"{settings.texture_size}px texture, threshold {info['threshold']:.4g})",
+        file=sys.stderr,
+    )
     if blender:
         blender_app.open_in_blender(blender, args.run.expanduser())
         print(f"opening it in Blender {blender}", file=sys.stderr)
     elif open_it:
-        print(f"no Blender found (set $BLENDER or pass --blender); the mesh is at {result.files['mesh']}",
-              file=sys.stderr)
+        print(
+            f"no Blender found (set $BLENDER or pass --blender); the mesh is at {result.files['mesh']}", file=sys.stderr
+        )
     return 0
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the generation server that the Blender add-on talks to",
-                       description="Serve generate/continue/export jobs over a local TCP socket (JSON lines). "
-                                   "Prints one JSON line {\"event\": \"listening\", ...} when ready.")
+    p = sub.add_parser(
+        "serve",
+        help="run the generation server that the Blender add-on talks to",
+        description="Serve generate/continue/export jobs over a local TCP socket (JSON lines). "
+        'Prints one JSON line {"event": "listening", ...} when ready.',
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
-    p.add_argument("--token-file", type=Path, help="where to write the access token "
-                                                   "(default JOBS_DIR/server.token)")
+    p.add_argument("--token-file", type=Path, help="where to write the access token (default JOBS_DIR/server.token)")
     p.add_argument("--jobs-dir", type=Path, help="job folders (default ~/.cache/sdi-blender/jobs)")
-    p.add_argument("--model", help="default model of generate jobs: hub id (default "
-                                   "stabilityai/stable-diffusion-2-1-base), local diffusers directory or 'tiny'")
+    p.add_argument(
+        "--model",
+        help="default model of generate jobs: hub id (default "
+        "stabilityai/stable-diffusion-2-1-base), local diffusers directory or 'tiny'",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow a non-loopback --host (the token is sent in clear text)")
+    p.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --host (the token is sent in clear text)"
+    )
     p.set_defaults(func=_run_serve)
 
 
@@ -199,12 +262,21 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"port must be between 0 and 65535, got {args.port}")
-    return serve(host=args.host, port=args.port, token_file=args.token_file, jobs_dir=args.jobs_dir,
-                 model=args.model, device=args.device, allow_remote=args.allow_remote)
+    return serve(
+        host=args.host,
+        port=args.port,
+        token_file=args.token_file,
+        jobs_dir=args.jobs_dir,
+        model=args.model,
+        device=args.device,
+        allow_remote=args.allow_remote,
+    )
 
 
-_CLIP_HELP = ("CLIP for the metrics: hub id (default openai/clip-vit-large-patch14), local directory, "
-              "or 'tiny' (a small random CLIP built locally, for tests)")
+_CLIP_HELP = (
+    "CLIP for the metrics: hub id (default openai/clip-vit-large-patch14), local directory, "
+    "or 'tiny' (a small random CLIP built locally, for tests)"
+)
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
@@ -215,9 +287,12 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="score runs: CLIP score, CLIP-IQA, divergence; HTML report",
-                       description="Render each RUN_DIR from evenly spaced views at the evaluation camera and "
-                                   "score them; writes metrics.json, metrics.csv, report.html and contact.png.")
+    p = sub.add_parser(
+        "eval",
+        help="score runs: CLIP score, CLIP-IQA, divergence; HTML report",
+        description="Render each RUN_DIR from evenly spaced views at the evaluation camera and "
+        "score them; writes metrics.json, metrics.csv, report.html and contact.png.",
+    )
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders made by generate")
     p.add_argument("--out", type=Path, help="report folder (default RUN_DIR/eval for one run, else eval-report)")
     _add_eval_options(p)
@@ -234,25 +309,41 @@ def _run_eval(args: argparse.Namespace) -> int:
     out = (args.out or (runs[0] / "eval" if len(runs) == 1 else Path("eval-report"))).expanduser()
     check_report_dir(out)
     clip = args.clip or DEFAULT_CLIP
-    results = evaluate(runs, clip, args.views, args.size, resolve_device(args.device),
-                       progress=lambda i, n, name: print(f"[eval] {i + 1}/{n} {name}", file=sys.stderr))
+    results = evaluate(
+        runs,
+        clip,
+        args.views,
+        args.size,
+        resolve_device(args.device),
+        progress=lambda i, n, name: print(f"[eval] {i + 1}/{n} {name}", file=sys.stderr),
+    )
     groups = group_summary(results)
     write_report(results, groups, out, {"clip": clip, "views": args.views, "size": args.size})
     for g in groups:
-        print(f"{g['method'].upper()} '{g['prompt']}': CLIP {g['clip_score']:.2f}, IQA {g['clip_iqa']:.3f}, "
-              f"diverged {g['diverged']}/{g['runs']}", file=sys.stderr)
+        print(
+            f"{g['method'].upper()} '{g['prompt']}': CLIP {g['clip_score']:.2f}, IQA {g['clip_iqa']:.3f}, "
+            f"diverged {g['diverged']}/{g['runs']}",
+            file=sys.stderr,
+        )
     print(f"wrote {out}/report.html", file=sys.stderr)
     return 0
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="SDS vs SDI on one prompt over several seeds, then eval",
-                       description="Train SDS and SDI with the same seeds and settings, then evaluate them "
-                                   "all into OUT/report (runs already complete in OUT are kept).")
+    p = sub.add_parser(
+        "compare",
+        help="SDS vs SDI on one prompt over several seeds, then eval",
+        description="Train SDS and SDI with the same seeds and settings, then evaluate them "
+        "all into OUT/report (runs already complete in OUT are kept).",
+    )
     p.add_argument("prompt", help="what the object should be")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
-    p.add_argument("--preset", choices=("test", "toy", "draft", "standard", "paper"), default="draft",
-                   help="quality preset (default draft)")
+    p.add_argument(
+        "--preset",
+        choices=("test", "toy", "draft", "standard", "paper"),
+        default="draft",
+        help="quality preset (default draft)",
+    )
     p.add_argument("--out", type=Path, help="folder of the runs and the report (default compare/<prompt>)")
     p.add_argument("--model", help="hub id, local diffusers directory, or 'tiny'")
     p.add_argument("--steps", type=int, help="steps per run (default: the preset's)")
@@ -269,9 +360,17 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.model:
         check_model_name(args.model)
     settings = {k: getattr(args, k) for k in ("model", "steps", "resolution") if getattr(args, k) is not None}
-    req = CompareRequest(prompt=args.prompt, out=(args.out or default_out(args.prompt)).expanduser(),
-                         seeds=args.seeds, preset=args.preset, clip=args.clip or DEFAULT_CLIP, views=args.views,
-                         size=args.size, device=args.device, settings=settings)
+    req = CompareRequest(
+        prompt=args.prompt,
+        out=(args.out or default_out(args.prompt)).expanduser(),
+        seeds=args.seeds,
+        preset=args.preset,
+        clip=args.clip or DEFAULT_CLIP,
+        views=args.views,
+        size=args.size,
+        device=args.device,
+        settings=settings,
+    )
     print(f"wrote {run_compare(req)}/report.html", file=sys.stderr)
     return 0
 
@@ -285,10 +384,8 @@ def _run_distill2d(args: argparse.Namespace) -> int:
     from .server.diffusion.model_source import check_model_name
     from .server.util.images import check_output_path
 
-    names = ("negative_prompt", "method", "steps", "lr", "guidance_scale", "t_max", "t_min",
-             "seed", "model", "frames")
-    config = Distill2DConfig(prompt=args.prompt, **{k: getattr(args, k) for k in names
-                                                    if getattr(args, k) is not None})
+    names = ("negative_prompt", "method", "steps", "lr", "guidance_scale", "t_max", "t_min", "seed", "model", "frames")
+    config = Distill2DConfig(prompt=args.prompt, **{k: getattr(args, k) for k in names if getattr(args, k) is not None})
     config.validate()
     check_model_name(config.model)
     out = args.out.expanduser()

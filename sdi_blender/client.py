@@ -115,11 +115,28 @@ class Client:
 class LocalServer:
     """A server process on this machine, started with ``python -m sdi_blender.server``."""
 
-    def __init__(self, jobs_dir: Path, python: str = sys.executable, model: str | None = None,
-                 device: str = "auto", timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        jobs_dir: Path,
+        python: str = sys.executable,
+        model: str | None = None,
+        device: str = "auto",
+        timeout: float = 120.0,
+    ) -> None:
         token_file = Path(jobs_dir) / "server.token"
-        args = [python, "-m", "sdi_blender.server", "--host", "127.0.0.1", "--port", "0",
-                "--jobs-dir", str(jobs_dir), "--token-file", str(token_file)]
+        args = [
+            python,
+            "-m",
+            "sdi_blender.server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--jobs-dir",
+            str(jobs_dir),
+            "--token-file",
+            str(token_file),
+        ]
         if model:
             args += ["--model", model]
         args += ["--device", device]
@@ -128,8 +145,7 @@ class LocalServer:
         Path(jobs_dir).mkdir(parents=True, exist_ok=True)
         try:
             with open(self.stderr_path, "wb") as stderr:
-                self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr,
-                                                env=os.environ.copy())
+                self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, env=os.environ.copy())
         except OSError as exc:
             raise ServerError("unreachable", f"cannot start the server with {python}: {exc}") from exc
         self.info = self._read_listening(timeout)

@@ -48,8 +48,20 @@ ERROR_CODES: dict[str, str] = {
 }
 """Every ``code`` an ``error`` event can carry, with its meaning."""
 
-EVENTS = ("hello", "status", "jobs", "ok", "queued", "started", "progress", "preview", "exported",
-          "done", "cancelled", "error")
+EVENTS = (
+    "hello",
+    "status",
+    "jobs",
+    "ok",
+    "queued",
+    "started",
+    "progress",
+    "preview",
+    "exported",
+    "done",
+    "cancelled",
+    "error",
+)
 """Every ``event`` the server sends."""
 
 _STR, _INT, _NUM, _BOOL = str, int, (int, float), bool
@@ -57,28 +69,49 @@ _STR, _INT, _NUM, _BOOL = str, int, (int, float), bool
 REQUESTS: dict[str, dict[str, tuple[Any, bool]]] = {
     "hello": {"token": (_STR, True), "protocol": (_INT, True)},
     "status": {},
-    "generate": {"prompt": (_STR, True), "negative_prompt": (_STR, False), "method": (_STR, False),
-                 "preset": (_STR, False), "steps": (_INT, False), "resolution": (_INT, False),
-                 "seed": (_INT, False), "guidance_scale": (_NUM, False), "perp_neg": (_BOOL, False),
-                 "view_dependent": (_BOOL, False), "model": (_STR, False),
-                 "preview_every": (_INT, False), "checkpoint_every": (_INT, False),
-                 "export": (dict, False)},
+    "generate": {
+        "prompt": (_STR, True),
+        "negative_prompt": (_STR, False),
+        "method": (_STR, False),
+        "preset": (_STR, False),
+        "steps": (_INT, False),
+        "resolution": (_INT, False),
+        "seed": (_INT, False),
+        "guidance_scale": (_NUM, False),
+        "perp_neg": (_BOOL, False),
+        "view_dependent": (_BOOL, False),
+        "model": (_STR, False),
+        "preview_every": (_INT, False),
+        "checkpoint_every": (_INT, False),
+        "export": (dict, False),
+    },
     "cancel": {"job": (_STR, True)},
     "subscribe": {"job": (_STR, True)},
-    "export": {"job": (_STR, True), "resolution": (_INT, False), "threshold": (_NUM, False),
-               "texture_size": (_INT, False), "faces": (_INT, False), "format": (_STR, False)},
-    "continue": {"job": (_STR, True), "steps": (_INT, True), "prompt": (_STR, False),
-                 "export": (dict, False)},
+    "export": {
+        "job": (_STR, True),
+        "resolution": (_INT, False),
+        "threshold": (_NUM, False),
+        "texture_size": (_INT, False),
+        "faces": (_INT, False),
+        "format": (_STR, False),
+    },
+    "continue": {"job": (_STR, True), "steps": (_INT, True), "prompt": (_STR, False), "export": (dict, False)},
     "list_jobs": {},
     "delete_job": {"job": (_STR, True)},
     "shutdown": {},
 }
 
 _RANGES: dict[str, tuple[float, float]] = {
-    "steps": (1, 1_000_000), "resolution": (8, 4096), "seed": (0, 2**63 - 1),
-    "guidance_scale": (-100.0, 100.0), "texture_size": (16, 8192), "faces": (4, 50_000_000),
-    "threshold": (-1e12, 1e12), "protocol": (0, 1_000_000),
-    "preview_every": (1, 1_000_000), "checkpoint_every": (1, 1_000_000),
+    "steps": (1, 1_000_000),
+    "resolution": (8, 4096),
+    "seed": (0, 2**63 - 1),
+    "guidance_scale": (-100.0, 100.0),
+    "texture_size": (16, 8192),
+    "faces": (4, 50_000_000),
+    "threshold": (-1e12, 1e12),
+    "protocol": (0, 1_000_000),
+    "preview_every": (1, 1_000_000),
+    "checkpoint_every": (1, 1_000_000),
 }
 _MAX_TEXT = 4096  # prompts and ids longer than this are refused
 
@@ -119,11 +152,11 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(kind, str):
         raise ProtocolError("bad_request", "missing or non-string 'type'")
     if kind not in REQUESTS:
-        raise ProtocolError("unknown_type", f"unknown request type '{kind[:64]}'",
-                            hint=f"one of {', '.join(REQUESTS)}")
+        raise ProtocolError("unknown_type", f"unknown request type '{kind[:64]}'", hint=f"one of {', '.join(REQUESTS)}")
     rid = message.get("id")
-    if kind != "hello" and (isinstance(rid, bool) or not isinstance(rid, (str, int))
-                            or (isinstance(rid, str) and len(rid) > 128)):
+    if kind != "hello" and (
+        isinstance(rid, bool) or not isinstance(rid, (str, int)) or (isinstance(rid, str) and len(rid) > 128)
+    ):
         raise ProtocolError("bad_request", "every request needs an 'id' (a string ≤ 128 chars or an integer)")
     schema = REQUESTS[kind]
     unknown = set(message) - set(schema) - {"type", "id"}
@@ -161,8 +194,9 @@ def _check_field(kind: str, name: str, value: Any, typ: Any) -> None:
             raise ProtocolError("bad_request", f"'{name}' = {value} is out of range [{lo}, {hi}]")
 
 
-def error_event(code: str, message: str, hint: str = "", request_id: Any = None,
-                job: str | None = None) -> dict[str, Any]:
+def error_event(
+    code: str, message: str, hint: str = "", request_id: Any = None, job: str | None = None
+) -> dict[str, Any]:
     """An ``error`` event."""
     event: dict[str, Any] = {"event": "error", "code": code, "message": message, "hint": hint}
     if request_id is not None:

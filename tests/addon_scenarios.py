@@ -30,8 +30,7 @@ def scenario(fn: Callable[[Path], dict]) -> Callable[[Path], dict]:
 
 
 def install(zip_path: str, work: Path) -> Any:
-    result = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
-                                                      enable_on_install=True)
+    result = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default", enable_on_install=True)
     assert result == {"FINISHED"}, result
     prefs = bpy.context.preferences.addons[MODULE].preferences
     prefs.model, prefs.device, prefs.jobs_dir = "tiny", "cpu", str(work / "jobs")
@@ -45,8 +44,9 @@ def runtime() -> Any:
 
 
 def scene_data() -> dict:
-    return {kind: sorted(b.name for b in getattr(bpy.data, kind))
-            for kind in ("objects", "meshes", "materials", "images")}
+    return {
+        kind: sorted(b.name for b in getattr(bpy.data, kind)) for kind in ("objects", "meshes", "materials", "images")
+    }
 
 
 def run_op(op: Callable, **kwargs: Any) -> str:
@@ -65,13 +65,23 @@ def describe(obj: Any) -> dict:
     coords = [v.co for v in mesh.vertices]
     lo = [min(c[i] for c in coords) for i in range(3)]
     hi = [max(c[i] for c in coords) for i in range(3)]
-    return {"name": obj.name, "type": obj.type, "location": list(obj.location), "job": obj.get("sdi_job"),
-            "selected": obj.select_get(), "active": bpy.context.view_layer.objects.active == obj,
-            "uv_layers": len(mesh.uv_layers), "vertices": len(mesh.vertices),
-            "smooth": all(p.use_smooth for p in mesh.polygons), "base_color_from": base_links,
-            "image_size": list(tex.image.size) if tex else None,
-            "image_packed": bool(tex and tex.image.packed_file), "bbox": [lo, hi],
-            "modifiers": [m.name for m in obj.modifiers], "mesh_name": mesh.name}
+    return {
+        "name": obj.name,
+        "type": obj.type,
+        "location": list(obj.location),
+        "job": obj.get("sdi_job"),
+        "selected": obj.select_get(),
+        "active": bpy.context.view_layer.objects.active == obj,
+        "uv_layers": len(mesh.uv_layers),
+        "vertices": len(mesh.vertices),
+        "smooth": all(p.use_smooth for p in mesh.polygons),
+        "base_color_from": base_links,
+        "image_size": list(tex.image.size) if tex else None,
+        "image_packed": bool(tex and tex.image.packed_file),
+        "bbox": [lo, hi],
+        "modifiers": [m.name for m in obj.modifiers],
+        "mesh_name": mesh.name,
+    }
 
 
 def render(obj: Any, out: Path) -> None:
@@ -100,9 +110,11 @@ def render(obj: Any, out: Path) -> None:
 @scenario
 def generate_refine(work: Path) -> dict:
     """Generate → Continue → Re-export → history import → render → disable stops the server."""
-    result: dict = {"panels_stopped": h.draw_panels(),
-                    "registered": sorted(name for name in dir(bpy.types) if name.startswith("SDI_")),
-                    "operators": sorted(dir(bpy.ops.sdi))}
+    result: dict = {
+        "panels_stopped": h.draw_panels(),
+        "registered": sorted(name for name in dir(bpy.types) if name.startswith("SDI_")),
+        "operators": sorted(dir(bpy.ops.sdi)),
+    }
     bpy.context.scene.cursor.location = (0.5, -0.25, 0.0)
     result["generate"] = run_op(bpy.ops.sdi.generate, prompt="a red apple", preset="test")
     obj = bpy.context.active_object
@@ -152,8 +164,13 @@ def start_async(work: Path, steps: int = 500, preview: bool = False) -> dict:
     c = runtime().controller()
     reply = run_op(bpy.ops.sdi.generate, prompt="a slow apple", preset="test")
     progressed = wait_until(lambda: c.job is not None and (runtime().preview_step() > 0 if preview else c.job.step))
-    return {"reply": reply, "progressed": progressed, "before": before,
-            "panels_busy": h.draw_panels(), "state_busy": c.state}
+    return {
+        "reply": reply,
+        "progressed": progressed,
+        "before": before,
+        "panels_busy": h.draw_panels(),
+        "state_busy": c.state,
+    }
 
 
 @scenario
@@ -224,7 +241,7 @@ def mesh_in_world(obj: Any) -> dict:
     for loop in mesh.loops:
         u, v = uv[loop.index].uv
         x, y = min(int(u * width), width - 1), min(int(v * height), height - 1)
-        colour[loop.vertex_index] = pixels[(y * width + x) * 4:(y * width + x) * 4 + 3]
+        colour[loop.vertex_index] = pixels[(y * width + x) * 4 : (y * width + x) * 4 + 3]
     origin = obj.matrix_world.translation
     verts = [list(obj.matrix_world @ v.co - origin) for v in mesh.vertices]
     return {"vertices": verts, "faces": [list(t.vertices) for t in mesh.loop_triangles], "colours": colour}

@@ -27,21 +27,35 @@ OUTPUT = REPO / "tests" / "output"  # renders for a person to look at (git-ignor
 @pytest.fixture(scope="module")
 def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, str(REPO / "vendor_setup.py"), "--build-addon", "--dist", str(dist)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "vendor_setup.py"), "--build-addon", "--dist", str(dist)],
+        check=True,
+        capture_output=True,
+    )
     (zip_path,) = dist.glob("sdi_blender-*.zip")
     return zip_path
 
 
 def run_scenario(name: str, addon_zip: Path, work: Path, **env: str) -> dict:
     OUTPUT.mkdir(exist_ok=True)
-    environ = dict(os.environ, BLENDER_USER_RESOURCES=str(work / "blender"), SDI_TEST_OUTPUT=str(OUTPUT),
-                   SDI_SERVER_PYTHON=sys.executable, PYTHONPATH=str(REPO / "tests"), **env)
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "addon_scenarios.py"), name, str(addon_zip),
-                           str(work)], env=environ, capture_output=True, text=True, timeout=600)
+    environ = dict(
+        os.environ,
+        BLENDER_USER_RESOURCES=str(work / "blender"),
+        SDI_TEST_OUTPUT=str(OUTPUT),
+        SDI_SERVER_PYTHON=sys.executable,
+        PYTHONPATH=str(REPO / "tests"),
+        **env,
+    )
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "addon_scenarios.py"), name, str(addon_zip), str(work)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = json.loads(lines[-1][len("RESULT ") :])
     result["stdout"] = proc.stdout
     return result
 
@@ -56,11 +70,32 @@ def _assert_panels_drew(drawn: dict, *expected: str) -> None:
 def test_generate_continue_reexport_import_render(addon_zip: Path, tmp_path: Path) -> None:
     r = run_scenario("generate_refine", addon_zip, tmp_path)
     # Installed from the zip through Blender's extension API, every class registered.
-    assert {"SDI_PT_main", "SDI_PT_advanced", "SDI_PT_refine", "SDI_PT_history", "SDI_UL_jobs",
-            "SDI_OT_generate", "SDI_OT_cancel", "SDI_OT_continue_job", "SDI_OT_reexport",
-            "SDI_OT_import_job", "SDI_OT_server_start", "SDI_OT_server_stop"} <= set(r["registered"])
-    assert {"generate", "cancel", "continue_job", "reexport", "import_job", "import_run", "refresh_jobs",
-            "server_start", "server_stop", "check_python"} <= set(r["operators"])
+    assert {
+        "SDI_PT_main",
+        "SDI_PT_advanced",
+        "SDI_PT_refine",
+        "SDI_PT_history",
+        "SDI_UL_jobs",
+        "SDI_OT_generate",
+        "SDI_OT_cancel",
+        "SDI_OT_continue_job",
+        "SDI_OT_reexport",
+        "SDI_OT_import_job",
+        "SDI_OT_server_start",
+        "SDI_OT_server_stop",
+    } <= set(r["registered"])
+    assert {
+        "generate",
+        "cancel",
+        "continue_job",
+        "reexport",
+        "import_job",
+        "import_run",
+        "refresh_jobs",
+        "server_start",
+        "server_stop",
+        "check_python",
+    } <= set(r["operators"])
     _assert_panels_drew(r["panels_stopped"], "sdi.generate", "Server: stopped", "sdi.server_start")
     assert r["generate"] == "FINISHED"
     obj = r["generated"]
@@ -138,19 +173,28 @@ def remote_server(tmp_path: Path):
 
 def test_errors_are_reports_and_leave_the_scene(addon_zip: Path, tmp_path: Path, remote_server) -> None:
     foreign = tmp_path / "foreign-python"  # a Python that cannot import the server
-    foreign.write_text(f"#!/bin/sh\nexec {sys.executable} -I -S \"$@\"\n")
+    foreign.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
     foreign.chmod(0o755)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free_port = s.getsockname()[1]
-    r = run_scenario("errors", addon_zip, tmp_path, SDI_FOREIGN_PYTHON=str(foreign),
-                     SDI_FREE_PORT=str(free_port),
-                     SDI_REMOTE=f"{remote_server.host}:{remote_server.port}:{remote_server.token}")
+    r = run_scenario(
+        "errors",
+        addon_zip,
+        tmp_path,
+        SDI_FOREIGN_PYTHON=str(foreign),
+        SDI_FREE_PORT=str(free_port),
+        SDI_REMOTE=f"{remote_server.host}:{remote_server.port}:{remote_server.token}",
+    )
     expect = {
-        "no_python": "no server Python is set", "missing_python": "is not an executable file",
-        "foreign_python": "No module named", "empty_prompt": "write a prompt first",
-        "bad_preset": "unknown preset 'ultra'", "bad_model": "no/such-model",
-        "unreachable": f"cannot reach the server at 127.0.0.1:{free_port}", "wrong_token": "token",
+        "no_python": "no server Python is set",
+        "missing_python": "is not an executable file",
+        "foreign_python": "No module named",
+        "empty_prompt": "write a prompt first",
+        "bad_preset": "unknown preset 'ultra'",
+        "bad_model": "no/such-model",
+        "unreachable": f"cannot reach the server at 127.0.0.1:{free_port}",
+        "wrong_token": "token",
     }
     for case, needle in expect.items():
         assert r[case].startswith("error: Error: SDI:") and needle in r[case], (case, r[case])

@@ -33,14 +33,24 @@ def follow(c: Controller, purpose: str = "generate") -> JobView:
 def test_job_events_update_the_view_and_end_in_done(c):
     view = follow(c)
     png = base64.b64encode(b"\x89PNG fake").decode()
-    assert feed(c, {"event": "state", "state": "busy"}, {"event": "queued", "job": "J1", "position": 0},
-                {"event": "progress", "job": "J1", "step": 3, "total": 10, "eta_s": 7.0},
-                {"event": "preview", "job": "J1", "step": 3, "png": png}) is None
+    assert (
+        feed(
+            c,
+            {"event": "state", "state": "busy"},
+            {"event": "queued", "job": "J1", "position": 0},
+            {"event": "progress", "job": "J1", "step": 3, "total": 10, "eta_s": 7.0},
+            {"event": "preview", "job": "J1", "step": 3, "png": png},
+        )
+        is None
+    )
     assert (view.job, view.step, view.total, view.eta_s) == ("J1", 3, 10, 7.0)
     assert view.preview == b"\x89PNG fake" and c.state == "busy" and c.running
-    outcome = feed(c, {"event": "progress", "job": "OTHER", "step": 9, "total": 9},  # not ours
-                   {"event": "exported", "job": "J1", "files": {"glb": "/x/mesh.glb"}},
-                   {"event": "done", "job": "J1", "step": 10})
+    outcome = feed(
+        c,
+        {"event": "progress", "job": "OTHER", "step": 9, "total": 9},  # not ours
+        {"event": "exported", "job": "J1", "files": {"glb": "/x/mesh.glb"}},
+        {"event": "done", "job": "J1", "step": 10},
+    )
     assert view.step == 3
     assert outcome.status == "done" and outcome.view.files == {"glb": "/x/mesh.glb"}
     assert not c.running and c.state == "ready"
@@ -48,9 +58,17 @@ def test_job_events_update_the_view_and_end_in_done(c):
 
 def test_out_of_memory_is_an_error_outcome_with_the_hint(c):
     follow(c)
-    outcome = feed(c, {"event": "queued", "job": "J1", "position": 0},
-                   {"event": "error", "job": "J1", "code": "out_of_memory", "message": "out of memory: CUDA",
-                    "hint": "lower the preset or the resolution"})
+    outcome = feed(
+        c,
+        {"event": "queued", "job": "J1", "position": 0},
+        {
+            "event": "error",
+            "job": "J1",
+            "code": "out_of_memory",
+            "message": "out of memory: CUDA",
+            "hint": "lower the preset or the resolution",
+        },
+    )
     assert outcome.status == "error"
     assert outcome.report() == "out of memory: CUDA (lower the preset or the resolution)"
     assert not c.running
@@ -101,8 +119,9 @@ def test_check_python(tmp_path: Path):
 def test_a_failed_start_reaches_the_job_as_an_error(c, tmp_path: Path):
     from sdi_blender.addon.controller import ServerSettings
 
-    c.submit(ServerSettings(python=str(tmp_path / "nope"), jobs_dir=tmp_path), JobView("generate"), "generate",
-             prompt="x")
+    c.submit(
+        ServerSettings(python=str(tmp_path / "nope"), jobs_dir=tmp_path), JobView("generate"), "generate", prompt="x"
+    )
     import time
 
     deadline, outcome = time.monotonic() + 10, None

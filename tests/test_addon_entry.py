@@ -72,9 +72,7 @@ IN_BLENDER = textwrap.dedent(
 
 def _run(code: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_imports_without_torch_or_bpy() -> None:
@@ -95,8 +93,16 @@ def test_register_unregister_in_blender() -> None:
     assert seen["after_register"] is True
     assert seen["subtype"] == "FILE_PATH"
     assert seen["description"].startswith("Python of the server environment made by vendor_setup.py")
-    assert seen["drawn"] == ["server_python", "model", "jobs_dir", "device", "use_remote", "remote_host",
-                             "remote_port", "remote_token"]
+    assert seen["drawn"] == [
+        "server_python",
+        "model",
+        "jobs_dir",
+        "device",
+        "use_remote",
+        "remote_host",
+        "remote_port",
+        "remote_token",
+    ]
     assert seen["after_unregister"] is False
     assert seen["after_reregister"] is True
     assert seen["enabled_prefs"] == "/some/python"

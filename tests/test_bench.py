@@ -18,8 +18,13 @@ sys.path.insert(0, str(BENCH))
 
 
 def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BENCH / "gpu_step.py"), *args], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, str(BENCH / "gpu_step.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
 
 
 def test_gpu_bench_without_cuda_says_so_in_one_line_and_exits_0(model_cache):
@@ -36,8 +41,15 @@ def test_gpu_bench_dry_run_on_cpu_exercises_every_part(model_cache, tmp_path):
     assert result["dry_run"] and result["preset"] == "test"
     assert set(result["bare"]["unet_ms_best"]) == {"4", "2"} and result["bare"]["vae_fwd_bwd_ms_best"] > 0
     rows = {r["name"]: r for r in result["rows"]}
-    assert set(rows) == {"sdi-perpneg", "sdi", "sds-perpneg", "sds", "sdi-perpneg-compiled",
-                         "sdi-perpneg-channels-first", "sdi-perpneg-vae-checkpointing"}
+    assert set(rows) == {
+        "sdi-perpneg",
+        "sdi",
+        "sds-perpneg",
+        "sds",
+        "sdi-perpneg-compiled",
+        "sdi-perpneg-channels-first",
+        "sdi-perpneg-vae-checkpointing",
+    }
     for row in rows.values():
         assert "error" not in row, row
         assert row["steps"] == 2 and row["step_over_bound"] > 0 and row["minutes_per_10k_steps"] > 0
@@ -54,8 +66,11 @@ def test_the_benchmark_model_has_sd21_base_parameter_counts():
 
     cfg = sd21_base_configs()
     with torch.device("meta"):
-        models = {"unet": UNet2DConditionModel(**cfg["unet"]), "vae": AutoencoderKL(**cfg["vae"]),
-                  "text_encoder": CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))}
+        models = {
+            "unet": UNet2DConditionModel(**cfg["unet"]),
+            "vae": AutoencoderKL(**cfg["vae"]),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])),
+        }
     counts = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     assert counts == {"unet": 865_910_724, "vae": 83_653_863, "text_encoder": 340_387_840}
 
@@ -76,8 +91,9 @@ def test_cpu_bench_reference_grid_matches_the_encoding():
     from sdi_blender.server.scene.field import HashGridEncoding
 
     torch.manual_seed(0)
-    enc = HashGridEncoding(n_levels=6, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0,
-                           start_level=5)  # dense and hashed levels, one still locked
+    enc = HashGridEncoding(
+        n_levels=6, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0, start_level=5
+    )  # dense and hashed levels, one still locked
     with torch.no_grad():
         enc.params.uniform_(-1, 1)
     assert 0 < enc.n_dense < 5
@@ -97,11 +113,18 @@ def test_the_benchmark_model_folder_loads_through_the_product_path(model_cache, 
     from sdi_blender.server.diffusion.prior import StableDiffusionPrior
 
     cfg = sd21_base_configs()
-    cfg["unet"].update(sample_size=8, block_out_channels=(32, 32, 64, 64), attention_head_dim=(2, 2, 4, 4),
-                       cross_attention_dim=32, norm_num_groups=8, layers_per_block=1)
+    cfg["unet"].update(
+        sample_size=8,
+        block_out_channels=(32, 32, 64, 64),
+        attention_head_dim=(2, 2, 4, 4),
+        cross_attention_dim=32,
+        norm_num_groups=8,
+        layers_per_block=1,
+    )
     cfg["vae"].update(block_out_channels=(8, 16, 16, 16), norm_num_groups=8, layers_per_block=1)
-    cfg["text_encoder"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=4, projection_dim=32)
+    cfg["text_encoder"].update(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, projection_dim=32
+    )
     build_sd21_base(tmp_path / "model", "cpu", cfg)
     prior = StableDiffusionPrior(str(tmp_path / "model"), device="cpu")
     assert (prior.latent_size, prior.image_size) == (8, 64)

@@ -65,8 +65,10 @@ while i < len(args):
 '''
 
 # Prints what a fresh Blender sees of the add-on, for checking what set-up stored.
-SHOW_ADDON = (f"import bpy, json; a = bpy.context.preferences.addons.get({blender_app.ADDON_MODULE!r}); "
-              "print('ADDON ' + json.dumps(a and a.preferences.server_python))")
+SHOW_ADDON = (
+    f"import bpy, json; a = bpy.context.preferences.addons.get({blender_app.ADDON_MODULE!r}); "
+    "print('ADDON ' + json.dumps(a and a.preferences.server_python))"
+)
 
 
 class FakeBlender:
@@ -83,11 +85,12 @@ class FakeBlender:
 
     def addon_server_python(self) -> str | None:
         """The add-on's server_python as a newly started Blender sees it; None: not enabled."""
-        proc = subprocess.run([str(self.path), "--background", "--python-expr", SHOW_ADDON],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [str(self.path), "--background", "--python-expr", SHOW_ADDON], capture_output=True, text=True, timeout=60
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         (line,) = [line for line in proc.stdout.splitlines() if line.startswith("ADDON ")]
-        return json.loads(line[len("ADDON "):])
+        return json.loads(line[len("ADDON ") :])
 
 
 @pytest.fixture
@@ -126,8 +129,10 @@ def _executable(path: Path) -> Path:
 
 def test_imports_without_torch_or_bpy() -> None:
     # vendor_setup.py imports it before anything is installed, and it ships in the add-on.
-    code = ("import sys, sdi_blender.blender_app; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'bpy')))")
+    code = (
+        "import sys, sdi_blender.blender_app; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'bpy')))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
@@ -145,8 +150,9 @@ def test_find_blender_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_
     assert find_blender(str(explicit)) == str(explicit)
 
 
-def test_find_blender_refuses_a_named_non_executable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    no_blender: None) -> None:
+def test_find_blender_refuses_a_named_non_executable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_blender: None
+) -> None:
     text_file = tmp_path / "blender.txt"
     text_file.write_text("not a program", encoding="utf-8")
     for bad in (tmp_path / "missing", tmp_path, text_file):
@@ -163,12 +169,15 @@ def test_find_blender_refuses_a_named_non_executable(tmp_path: Path, monkeypatch
 
 
 def test_setup_installs_the_addon_and_stores_the_server_python(
-        fake_blender: FakeBlender, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    fake_blender: FakeBlender, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     zip_path = vs.build_addon(tmp_path / "dist")
     python = tmp_path / "venv" / "bin" / "python"
     vs.install_into_blender(str(fake_blender.path), zip_path, python)
-    assert f"installed and enabled in Blender {fake_blender.path}; its server python is {python}" \
+    assert (
+        f"installed and enabled in Blender {fake_blender.path}; its server python is {python}"
         in capsys.readouterr().out
+    )
     install, prefs = fake_blender.calls()
     assert install == ["--command", "extension", "install-file", "--repo", "user_default", "--enable", str(zip_path)]
     assert "--factory-startup" not in prefs  # that would ignore (and not save) the user's preferences
@@ -192,8 +201,15 @@ def test_failed_install_is_one_error_line(fake_blender: FakeBlender, tmp_path: P
 
 def test_vendor_setup_command_installs_into_the_given_blender(fake_blender: FakeBlender, tmp_path: Path) -> None:
     # --build-addon skips the venv work; --venv names an existing one for the server python.
-    args = ["--build-addon", "--dist", str(tmp_path / "dist"), "--venv", sys.prefix,
-            "--blender", str(fake_blender.path)]
+    args = [
+        "--build-addon",
+        "--dist",
+        str(tmp_path / "dist"),
+        "--venv",
+        sys.prefix,
+        "--blender",
+        str(fake_blender.path),
+    ]
     for _ in range(2):  # the second run reinstalls over the first copy
         proc = _run(args)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -203,8 +219,9 @@ def test_vendor_setup_command_installs_into_the_given_blender(fake_blender: Fake
     assert len(fake_blender.calls()) == 5
 
 
-def test_plain_setup_without_blender_says_so(tmp_path: Path, no_blender: None, monkeypatch: pytest.MonkeyPatch,
-                                           capsys: pytest.CaptureFixture) -> None:
+def test_plain_setup_without_blender_says_so(
+    tmp_path: Path, no_blender: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     made = []
     monkeypatch.setattr(vs, "setup", lambda venv, dev, env: made.append(venv))  # no venv work
     assert vs.main(["--venv", str(tmp_path / "venv"), "--dist", str(tmp_path / "dist")]) == 0
@@ -227,8 +244,9 @@ def _wait_for_calls(fake: FakeBlender, count: int) -> list[list[str]]:
     return fake.calls()
 
 
-def test_open_in_blender_imports_the_run(fake_blender: FakeBlender, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_in_blender_imports_the_run(
+    fake_blender: FakeBlender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     proc = open_in_blender(str(fake_blender.path), Path("runs/apple"))
     assert proc.wait(timeout=30) == 0
@@ -239,7 +257,8 @@ def test_open_in_blender_imports_the_run(fake_blender: FakeBlender, tmp_path: Pa
 
 
 def test_import_expression_imports_the_glb_with_or_without_the_addon(
-        run: Path, fake_blender: FakeBlender, tmp_path: Path) -> None:  # noqa: F811
+    run: Path, fake_blender: FakeBlender, tmp_path: Path
+) -> None:
     from sdi_blender.server.export.pipeline import ExportSettings, export_run
 
     faces = export_run(run, ExportSettings(resolution=32, texture_size=64), device="cpu").info["faces"]
@@ -247,19 +266,28 @@ def test_import_expression_imports_the_glb_with_or_without_the_addon(
     for installed in (False, True):
         if installed:
             blender_app.install_extension(str(fake_blender.path), vs.build_addon(tmp_path / "dist"), None)
-        code = (f"import bpy; before = set(bpy.data.meshes); assert ('import_run' in dir(bpy.ops.sdi)) == {installed}\n"
-                f"{import_expression(run)}\n"
-                f"assert [len(m.polygons) for m in set(bpy.data.meshes) - before] == [{faces}]")
-        proc = subprocess.run([str(fake_blender.path), "--background", "--python-exit-code", "1",
-                               "--python-expr", code], capture_output=True, text=True, timeout=60)
+        code = (
+            f"import bpy; before = set(bpy.data.meshes); assert ('import_run' in dir(bpy.ops.sdi)) == {installed}\n"
+            f"{import_expression(run)}\n"
+            f"assert [len(m.polygons) for m in set(bpy.data.meshes) - before] == [{faces}]"
+        )
+        proc = subprocess.run(
+            [str(fake_blender.path), "--background", "--python-exit-code", "1", "--python-expr", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 EXPORT_FAST = ["--resolution", "32", "--texture-size", "64", "--device", "cpu"]
 
 
-def test_export_open_without_blender_keeps_the_glb(run: Path, no_blender: None,  # noqa: F811
-                                                   capsys: pytest.CaptureFixture) -> None:
+def test_export_open_without_blender_keeps_the_glb(
+    run: Path,
+    no_blender: None,
+    capsys: pytest.CaptureFixture,
+) -> None:
     assert main(["export", str(run), *EXPORT_FAST, "--open"]) == 0
     mesh = run / "export" / "mesh.glb"
     assert mesh.is_file()
@@ -267,16 +295,22 @@ def test_export_open_without_blender_keeps_the_glb(run: Path, no_blender: None, 
     assert last == f"no Blender found (set $BLENDER or pass --blender); the mesh is at {mesh}"
 
 
-def test_export_open_starts_blender_on_the_run(run: Path, fake_blender: FakeBlender,  # noqa: F811
-                                               capsys: pytest.CaptureFixture) -> None:
+def test_export_open_starts_blender_on_the_run(
+    run: Path,
+    fake_blender: FakeBlender,
+    capsys: pytest.CaptureFixture,
+) -> None:
     assert main(["export", str(run), *EXPORT_FAST, "--blender", str(fake_blender.path)]) == 0
     assert f"opening it in Blender {fake_blender.path}" in capsys.readouterr().err
     ((flag, code),) = _wait_for_calls(fake_blender, 1)
     assert flag == "--python-expr" and "bpy.ops.sdi.import_run" in code and repr(str(run.resolve())) in code
 
 
-def test_export_open_refuses_before_exporting(run: Path, tmp_path: Path,  # noqa: F811
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_export_open_refuses_before_exporting(
+    run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
     before = {str(p): p.stat().st_mtime_ns for p in run.rglob("*")}
     assert main(["export", str(run), *EXPORT_FAST, "--blender", str(tmp_path / "nope")]) == 2
     assert main(["export", str(run), *EXPORT_FAST, "--open", "--format", "obj"]) == 2

@@ -29,10 +29,14 @@ def test_front_camera_pose_and_axes():
     cams = _front()
     torch.testing.assert_close(cams.position[0], torch.tensor([2.0, 0.0, 0.0]))
     # Looking from +X with up +Z, the camera's right is world +Y (right = forward × up).
-    expected = torch.tensor([[0.0, 0.0, 1.0, 2.0],   # columns: right, up, back, position
-                             [1.0, 0.0, 0.0, 0.0],
-                             [0.0, 1.0, 0.0, 0.0],
-                             [0.0, 0.0, 0.0, 1.0]])
+    expected = torch.tensor(
+        [
+            [0.0, 0.0, 1.0, 2.0],  # columns: right, up, back, position
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
     torch.testing.assert_close(cams.c2w[0], expected, atol=1e-6, rtol=0)
 
 
@@ -88,14 +92,17 @@ def test_sampling_stays_in_range_and_is_reproducible():
     cfg = CameraConfig()
     cams = sample_cameras(cfg, 2000, 8, 8, torch.Generator().manual_seed(3))
     assert len(cams) == 2000 and cams.c2w.shape == (2000, 4, 4)
-    for values, (lo, hi) in [(cams.distance, cfg.distance_range), (cams.fovy_deg, cfg.fovy_range),
-                             (cams.azimuth_deg, cfg.azimuth_range)]:
+    for values, (lo, hi) in [
+        (cams.distance, cfg.distance_range),
+        (cams.fovy_deg, cfg.fovy_range),
+        (cams.azimuth_deg, cfg.azimuth_range),
+    ]:
         assert values.min() >= lo and values.max() <= hi
         assert values.mean().item() == pytest.approx((lo + hi) / 2, abs=0.05 * (hi - lo))
     lo, hi = cfg.elevation_range  # its distribution: test_elevations_are_uniform_in_degrees_or_on_the_sphere
     assert cams.elevation_deg.min() >= lo and cams.elevation_deg.max() <= hi
     # The position is jittered by at most camera_perturb per axis.
-    assert (cams.position.norm(dim=-1) - cams.distance).abs().max() <= 3 ** 0.5 * cfg.camera_perturb
+    assert (cams.position.norm(dim=-1) - cams.distance).abs().max() <= 3**0.5 * cfg.camera_perturb
     light_dist = cams.light_positions.norm(dim=-1)
     assert light_dist.min() >= cfg.light_distance_range[0] - 1e-5
     assert light_dist.max() <= cfg.light_distance_range[1] + 1e-5
@@ -149,8 +156,9 @@ def test_look_at_points_the_camera_at_its_centre():
     torch.testing.assert_close((rot[:, :, 0] * up).sum(-1), torch.zeros(64), atol=1e-6, rtol=0)  # right ⊥ up
     assert ((rot[:, :, 1] * up).sum(-1) > 0).all()  # camera up on up's side
     torch.testing.assert_close(c2w[:, :3, 3], position)
-    torch.testing.assert_close(look_at(position), look_at(position, torch.zeros(64, 3),
-                                                            torch.tensor([0.0, 0.0, 1.0]).expand(64, 3)))
+    torch.testing.assert_close(
+        look_at(position), look_at(position, torch.zeros(64, 3), torch.tensor([0.0, 0.0, 1.0]).expand(64, 3))
+    )
 
 
 def test_training_cameras_are_jittered_but_keep_the_prompt_angles():
@@ -169,14 +177,17 @@ def test_training_cameras_are_jittered_but_keep_the_prompt_angles():
     # The optical axis misses the origin by about the centre's offset across it: E[miss²] ≈ 2·0.2².
     back = rot[:, :, 2]
     miss = torch.linalg.cross(cams.position, back, dim=-1).norm(dim=-1)
-    assert (miss ** 2).mean().item() == pytest.approx(2 * cfg.center_perturb ** 2, rel=0.15)
+    assert (miss**2).mean().item() == pytest.approx(2 * cfg.center_perturb**2, rel=0.15)
     # The camera's right axis is nearly horizontal: up is only slightly tilted.
     assert rot[:, 2, 0].abs().max() < 0.2 and rot[:, 2, 0].std() > 0.005
     # Lights follow the perturbed position: with no light noise they lie along it exactly.
-    still = sample_cameras(CameraConfig(light_position_perturb=0.0), 256, 8, 8,
-                           torch.Generator().manual_seed(6))
-    torch.testing.assert_close(torch.nn.functional.normalize(still.light_positions, dim=-1),
-                               torch.nn.functional.normalize(still.position, dim=-1), atol=1e-6, rtol=0)
+    still = sample_cameras(CameraConfig(light_position_perturb=0.0), 256, 8, 8, torch.Generator().manual_seed(6))
+    torch.testing.assert_close(
+        torch.nn.functional.normalize(still.light_positions, dim=-1),
+        torch.nn.functional.normalize(still.position, dim=-1),
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 def test_without_perturbation_training_cameras_are_orbit_cameras():
@@ -188,12 +199,14 @@ def test_without_perturbation_training_cameras_are_orbit_cameras():
 
 def test_elevations_are_uniform_in_degrees_or_on_the_sphere():
     lo, hi = (-10.0, 45.0)
-    sphere = sample_cameras(CameraConfig(sphere_elevation_prob=1.0), 20_000, 8, 8,
-                            torch.Generator().manual_seed(8)).elevation_deg
+    sphere = sample_cameras(
+        CameraConfig(sphere_elevation_prob=1.0), 20_000, 8, 8, torch.Generator().manual_seed(8)
+    ).elevation_deg
     # Inverse-transform sampling: sin ε is uniform (on the official mapping, over [ε_min/90, ε_max/90]).
     assert _ks_uniform(torch.sin(torch.deg2rad(sphere)), lo / 90, hi / 90) < 0.015
-    degrees = sample_cameras(CameraConfig(sphere_elevation_prob=0.0), 20_000, 8, 8,
-                             torch.Generator().manual_seed(8)).elevation_deg
+    degrees = sample_cameras(
+        CameraConfig(sphere_elevation_prob=0.0), 20_000, 8, 8, torch.Generator().manual_seed(8)
+    ).elevation_deg
     assert _ks_uniform(degrees, lo, hi) < 0.015
     # The default draws one mode per batch, each half of the time. A batch in degrees reaches
     # above the sphere mode's highest elevation, asin(45/90) = 30°.

@@ -35,8 +35,14 @@ def test_a_planted_pickle_is_refused_without_running_it(tmp_path: Path) -> None:
 
 def test_what_the_trainer_saves_reads_back(tmp_path: Path) -> None:
     gen = torch.Generator().manual_seed(3)
-    state = {"step": 7, "config": {"prompt": "x"}, "field": {"w": torch.ones(2)},
-             "history": [{"step": 1, "loss": 0.5}], "gen_cpu": gen.get_state(), "scaler": {}}
+    state = {
+        "step": 7,
+        "config": {"prompt": "x"},
+        "field": {"w": torch.ones(2)},
+        "history": [{"step": 1, "loss": 0.5}],
+        "gen_cpu": gen.get_state(),
+        "scaler": {},
+    }
     checkpoint.save(tmp_path / "last.pt", state)
     back = checkpoint.read(tmp_path / "last.pt")
     assert back["format"] == checkpoint.FORMAT and back["step"] == 7
@@ -59,8 +65,9 @@ def test_another_format_is_refused(tmp_path: Path) -> None:
 
 def test_weights_that_do_not_fit_name_the_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not match the run's field settings"):
-        checkpoint.load_into(torch.nn.Linear(2, 2), {"weight": torch.ones(3, 3)}, tmp_path / "last.pt",
-                             "field settings")
+        checkpoint.load_into(
+            torch.nn.Linear(2, 2), {"weight": torch.ones(3, 3)}, tmp_path / "last.pt", "field settings"
+        )
 
 
 def test_a_programming_error_is_not_dressed_as_a_bad_checkpoint(tmp_path: Path) -> None:

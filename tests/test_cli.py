@@ -21,8 +21,9 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run the installed ``sdi-blender`` console script of this environment."""
     script = Path(sys.executable).parent / "sdi-blender"
     assert script.exists(), "the package is not installed (run vendor_setup.py)"
-    return subprocess.run([str(script), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    return subprocess.run(
+        [str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=os.environ.copy()
+    )
 
 
 def test_distill2d_tiny_50_steps_end_to_end(tmp_path: Path):
@@ -40,8 +41,7 @@ def test_distill2d_tiny_50_steps_end_to_end(tmp_path: Path):
 
 def test_compare_writes_sds_and_sdi_side_by_side(tmp_path: Path):
     out = tmp_path / "cmp.png"
-    assert main(["distill2d", "a ninja", *TINY, "--steps", "6", "--frames", "3",
-                 "--compare", "--out", str(out)]) == 0
+    assert main(["distill2d", "a ninja", *TINY, "--steps", "6", "--frames", "3", "--compare", "--out", str(out)]) == 0
     image = Image.open(out)
     assert image.size == (128, 64)
     left, right = image.crop((0, 16, 64, 64)), image.crop((64, 16, 128, 64))
@@ -53,8 +53,7 @@ def test_same_seed_same_image_other_seed_other_image(tmp_path: Path):
     paths = {}
     for name, seed in [("a", "3"), ("b", "3"), ("c", "4")]:
         paths[name] = tmp_path / f"{name}.png"
-        assert main(["distill2d", "a ninja", *TINY, "--steps", "4", "--seed", seed,
-                     "--out", str(paths[name])]) == 0
+        assert main(["distill2d", "a ninja", *TINY, "--steps", "4", "--seed", seed, "--out", str(paths[name])]) == 0
     data = {k: Image.open(p).tobytes() for k, p in paths.items()}
     assert data["a"] == data["b"] != data["c"]
 
@@ -74,8 +73,11 @@ BAD_INPUT = [
     (["--lr", "0"], "learning rate must be positive"),
     (["--frames", "0"], "frames must be at least 1"),
     (["--device", "banana"], "unknown device 'banana'"),
-    pytest.param(["--device", "cuda:0"], "CUDA is not available",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+    pytest.param(
+        ["--device", "cuda:0"],
+        "CUDA is not available",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+    ),
 ]
 
 
@@ -103,16 +105,18 @@ def test_empty_prompt_is_rejected(tmp_path, capsys):
 def test_bad_input_through_the_console_has_no_traceback(tmp_path: Path):
     proc = _run("distill2d", "", *TINY, "--out", str(tmp_path / "x.png"), cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == ["sdi-blender: error: the prompt is empty; "
-                                                "describe what the image should show"]
+    assert proc.stderr.strip().splitlines() == [
+        "sdi-blender: error: the prompt is empty; describe what the image should show"
+    ]
     proc = _run("distill2d", "x", "--method", "nope", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_unavailable_model_is_one_line(tmp_path, capsys):
-    code = main(["distill2d", "x", "--model", "sdi-test-nonexistent/model", "--device", "cpu",
-                 "--out", str(tmp_path / "x.png")])
+    code = main(
+        ["distill2d", "x", "--model", "sdi-test-nonexistent/model", "--device", "cpu", "--out", str(tmp_path / "x.png")]
+    )
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "hf download sdi-test-nonexistent/model" in lines[0]

@@ -11,8 +11,13 @@ import pytest
 
 from sdi_blender.client import Client, LocalServer, ServerError
 
-JOB = {"prompt": "a red apple", "preset": "test", "steps": 4, "resolution": 32,
-       "export": {"resolution": 32, "texture_size": 64}}
+JOB = {
+    "prompt": "a red apple",
+    "preset": "test",
+    "steps": 4,
+    "resolution": 32,
+    "export": {"resolution": 32, "texture_size": 64},
+}
 
 
 @pytest.fixture(scope="module")

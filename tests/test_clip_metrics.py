@@ -65,8 +65,13 @@ def _hand_text_embeddings(model, tokenizer, texts: list[str]) -> torch.Tensor:
 def test_tiny_clip_is_built_into_the_cache_and_loaded_like_a_checkpoint(judge, model_cache, tmp_path):
     path = tiny_clip_path()
     assert path.parent == model_cache / "models"
-    assert {p.name for p in path.iterdir()} >= {"config.json", "model.safetensors",
-                                                "preprocessor_config.json", "vocab.json", "merges.txt"}
+    assert {p.name for p in path.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "vocab.json",
+        "merges.txt",
+    }
     model = judge.model
     assert judge.model_id == "tiny" and judge.device == torch.device("cpu")
     assert model.dtype == torch.float32 and not model.training

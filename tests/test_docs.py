@@ -17,8 +17,7 @@ def _project_files() -> list[Path]:
 
 
 def test_no_project_file_refers_outside_the_repository():
-    offenders = [str(p.relative_to(REPO)) for p in _project_files()
-                 if OUTSIDE.search(p.read_text(encoding="utf-8"))]
+    offenders = [str(p.relative_to(REPO)) for p in _project_files() if OUTSIDE.search(p.read_text(encoding="utf-8"))]
     assert not offenders
 
 

@@ -21,9 +21,15 @@ from sdi_blender.server.training.config import make_config
 SIZE, VIEWS = 32, 3
 
 
-def synthetic_run(folder: Path, seed: int = 0, blob: tuple[float, float] | None = None,
-                  status: str = "done", message: str = "", checkpoint: bool = True,
-                  history: list | None = None) -> Path:
+def synthetic_run(
+    folder: Path,
+    seed: int = 0,
+    blob: tuple[float, float] | None = None,
+    status: str = "done",
+    message: str = "",
+    checkpoint: bool = True,
+    history: list | None = None,
+) -> Path:
     """A run folder as the trainer leaves it, with an untrained field whose density is
     Magic3D's blob (default: a ball), or ``blob`` = (scale, std) to make it empty or full."""
     settings = {"seed": seed, "renderer.num_samples_per_ray": 16}
@@ -35,11 +41,17 @@ def synthetic_run(folder: Path, seed: int = 0, blob: tuple[float, float] | None 
     run_dir.write_state(folder, status, 5, config.steps, message)
     if checkpoint:
         torch.manual_seed(seed)
-        state = {"format": 1, "step": 5, "config": json.loads(config.to_json()),
-                 "field": ImplicitVolume(config.field).state_dict(),
-                 "background": EnvironmentBackground(config.background).state_dict(), "renderer": None,
-                 "history": history if history is not None else
-                 [{"step": s, "t": 900 - s, "total": 1.0 / s, "guidance": 0.5 / s} for s in range(1, 6)]}
+        state = {
+            "format": 1,
+            "step": 5,
+            "config": json.loads(config.to_json()),
+            "field": ImplicitVolume(config.field).state_dict(),
+            "background": EnvironmentBackground(config.background).state_dict(),
+            "renderer": None,
+            "history": history
+            if history is not None
+            else [{"step": s, "t": 900 - s, "total": 1.0 / s, "guidance": 0.5 / s} for s in range(1, 6)],
+        }
         (folder / "checkpoints").mkdir()
         torch.save(state, folder / run_dir.CHECKPOINT)
     return folder
@@ -48,13 +60,19 @@ def synthetic_run(folder: Path, seed: int = 0, blob: tuple[float, float] | None 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
-    return {"ball": synthetic_run(root / "ball"),
-            "empty": synthetic_run(root / "empty", seed=1, blob=(-100.0, 1000.0)),
-            "full": synthetic_run(root / "full", seed=2, blob=(100.0, 1000.0)),
-            "nan": synthetic_run(root / "nan", seed=3, status="failed",
-                                 message="loss became NaN/inf at step 4 (guidance)"),
-            "nan_early": synthetic_run(root / "nan_early", seed=4, status="failed", checkpoint=False,
-                                       message="loss became NaN/inf at step 1 (guidance)")}
+    return {
+        "ball": synthetic_run(root / "ball"),
+        "empty": synthetic_run(root / "empty", seed=1, blob=(-100.0, 1000.0)),
+        "full": synthetic_run(root / "full", seed=2, blob=(100.0, 1000.0)),
+        "nan": synthetic_run(root / "nan", seed=3, status="failed", message="loss became NaN/inf at step 4 (guidance)"),
+        "nan_early": synthetic_run(
+            root / "nan_early",
+            seed=4,
+            status="failed",
+            checkpoint=False,
+            message="loss became NaN/inf at step 1 (guidance)",
+        ),
+    }
 
 
 def test_divergence_is_detected_on_synthetic_runs(runs, model_cache):
@@ -85,8 +103,22 @@ def test_scores_are_the_judges_on_the_rendered_views(runs, model_cache):
 def test_eval_command_writes_the_report(runs, tmp_path, model_cache, capsys):
     out = tmp_path / "report"
     picked = [runs["ball"], runs["empty"], runs["nan_early"]]
-    code = main(["eval", *map(str, picked), "--clip", "tiny", "--views", str(VIEWS), "--size", str(SIZE),
-                 "--device", "cpu", "--out", str(out)])
+    code = main(
+        [
+            "eval",
+            *map(str, picked),
+            "--clip",
+            "tiny",
+            "--views",
+            str(VIEWS),
+            "--size",
+            str(SIZE),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())  # strict JSON: NaN became null
     assert [r["diverged"] for r in metrics["runs"]] == [False, True, True]
@@ -103,19 +135,39 @@ def test_eval_command_writes_the_report(runs, tmp_path, model_cache, capsys):
     assert (out / "views" / "run0_loss.png").is_file() and "diverged: empty density" in page
     assert Image.open(out / "contact.png").size == (VIEWS * SIZE, 3 * SIZE)
     # Again into the same folder: the old report is replaced whole.
-    assert main(["eval", str(runs["ball"]), "--clip", "tiny", "--views", "2", "--size", str(SIZE),
-                 "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(runs["ball"]),
+                "--clip",
+                "tiny",
+                "--views",
+                "2",
+                "--size",
+                str(SIZE),
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert len(json.loads((out / "metrics.json").read_text())["runs"]) == 1
     assert not (out / "views" / "run2_view0.png").exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["eval", "/nonexistent/run", "--clip", "tiny"], "not a run with a checkpoint"),
-    (["eval", "RUN", "--clip", "tiny", "--views", "0"], "at least 1 view"),
-    (["eval", "RUN", "--clip", "no/such-clip"], "no/such-clip"),
-    (["eval", "RUN", "--clip", "tiny", "--out", "NOT_A_REPORT"], "is not an evaluation report"),
-    (["compare", "x", "--seeds", "0", "--model", "tiny", "--clip", "tiny"], "seeds must be"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["eval", "/nonexistent/run", "--clip", "tiny"], "not a run with a checkpoint"),
+        (["eval", "RUN", "--clip", "tiny", "--views", "0"], "at least 1 view"),
+        (["eval", "RUN", "--clip", "no/such-clip"], "no/such-clip"),
+        (["eval", "RUN", "--clip", "tiny", "--out", "NOT_A_REPORT"], "is not an evaluation report"),
+        (["compare", "x", "--seeds", "0", "--model", "tiny", "--clip", "tiny"], "seeds must be"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(args, needle, runs, tmp_path, capsys, model_cache):
     foreign = tmp_path / "notes"
     foreign.mkdir()
@@ -131,8 +183,28 @@ def test_bad_input_is_one_line_and_writes_nothing(args, needle, runs, tmp_path, 
 
 def test_compare_trains_both_methods_and_reports(tmp_path, model_cache, capsys):
     out = tmp_path / "cmp"
-    args = ["compare", "a red apple", "--seeds", "1", "--preset", "test", "--steps", "3", "--model", "tiny",
-            "--clip", "tiny", "--views", "2", "--size", str(SIZE), "--device", "cpu", "--out", str(out)]
+    args = [
+        "compare",
+        "a red apple",
+        "--seeds",
+        "1",
+        "--preset",
+        "test",
+        "--steps",
+        "3",
+        "--model",
+        "tiny",
+        "--clip",
+        "tiny",
+        "--views",
+        "2",
+        "--size",
+        str(SIZE),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0, capsys.readouterr().err
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert [(r["method"], r["seed"]) for r in metrics["runs"]] == [("sds", 0), ("sdi", 0)]
@@ -146,8 +218,28 @@ def test_compare_trains_both_methods_and_reports(tmp_path, model_cache, capsys):
 
 def test_distill2d_compare_feeds_the_same_metrics(tmp_path, model_cache, capsys):
     out = tmp_path / "d2.png"
-    assert main(["distill2d", "a red apple", "--model", "tiny", "--steps", "3", "--frames", "1", "--compare",
-                 "--clip", "tiny", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "distill2d",
+                "a red apple",
+                "--model",
+                "tiny",
+                "--steps",
+                "3",
+                "--frames",
+                "1",
+                "--compare",
+                "--clip",
+                "tiny",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "d2_metrics.json").read_text())
     assert set(metrics["methods"]) == {"sds", "sdi"} and metrics["clip"] == "tiny"
     assert all(0 <= m["clip_iqa"] <= 1 and m["clip_score"] >= 0 for m in metrics["methods"].values())

@@ -24,9 +24,14 @@ FAST = ExportSettings(resolution=48, texture_size=128)
 def run(prior, tmp_path_factory) -> Path:
     """A two-step tiny run: the field is still close to its centred blob of radius ≈ 0.5."""
     path = tmp_path_factory.mktemp("run")
-    config = make_config("a red apple", "test", model="tiny", steps=2, resolution=32,
-                         **{"renderer.num_samples_per_ray": 16, "field.log2_hashmap_size": 12,
-                            "turntable_views": 1, "preview_size": 16})
+    config = make_config(
+        "a red apple",
+        "test",
+        model="tiny",
+        steps=2,
+        resolution=32,
+        **{"renderer.num_samples_per_ray": 16, "field.log2_hashmap_size": 12, "turntable_views": 1, "preview_size": 16},
+    )
     run_dir.prepare_new_run(path, overwrite=False)
     Trainer(config, path, prior=prior).run()
     return path
@@ -79,16 +84,19 @@ def test_orientation_turns_the_front_to_blender_front():
         return np.array([g[0], -g[2], g[1]])
 
     np.testing.assert_allclose(to_blender([1, 0, 0]), [0, -1, 0])  # front (+X) → Front view (−Y)
-    np.testing.assert_allclose(to_blender([0, 0, 1]), [0, 0, 1])   # up stays up
-    assert np.linalg.det(TO_GLTF) == pytest.approx(1.0)            # a rotation: windings kept
+    np.testing.assert_allclose(to_blender([0, 0, 1]), [0, 0, 1])  # up stays up
+    assert np.linalg.det(TO_GLTF) == pytest.approx(1.0)  # a rotation: windings kept
 
 
-@pytest.mark.parametrize("settings, message", [
-    (ExportSettings(texture_size=1000), "power of two"),
-    (ExportSettings(texture_size=16384), "power of two"),
-    (ExportSettings(resolution=2048), "between 16 and 1024"),
-    (ExportSettings(format="fbx"), "unknown format"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (ExportSettings(texture_size=1000), "power of two"),
+        (ExportSettings(texture_size=16384), "power of two"),
+        (ExportSettings(resolution=2048), "between 16 and 1024"),
+        (ExportSettings(format="fbx"), "unknown format"),
+    ],
+)
 def test_bad_settings(settings, message):
     with pytest.raises(UserError, match=message):
         settings.validate()
@@ -97,8 +105,9 @@ def test_bad_settings(settings, message):
 def test_empty_surface_suggests_a_threshold_and_keeps_the_old_export(run, capsys):
     export_run(run, FAST, device="cpu")
     before = _digest(run / "export" / "mesh.glb")
-    code = main(["export", str(run), "--resolution", "32", "--texture-size", "64",
-                 "--threshold", "1e9", "--device", "cpu"])
+    code = main(
+        ["export", str(run), "--resolution", "32", "--texture-size", "64", "--threshold", "1e9", "--device", "cpu"]
+    )
     assert code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("sdi-blender: error:") and "threshold" in lines[-1]

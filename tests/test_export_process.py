@@ -60,7 +60,10 @@ def test_a_user_error_keeps_its_code_message_and_hint(tmp_path):
     with pytest.raises(UserError) as info:
         _export(refuse, tmp_path)
     assert (info.value.code, info.value.message, info.value.hint) == (
-        "bad_request", f"cannot export {tmp_path.name} at 32", "try 64")
+        "bad_request",
+        f"cannot export {tmp_path.name} at 32",
+        "try 64",
+    )
 
 
 def test_a_bug_carries_the_childs_traceback(tmp_path):

@@ -20,8 +20,9 @@ from sdi_blender.server.scene.field import (  # noqa: E402
 
 # A small grid: resolutions 2, 4, 8, 16 with 2^8-entry tables, so levels 0–1 are dense
 # ((N+1)^3 = 27, 125 ≤ 256) and levels 2–3 hashed (729, 4913 > 256).
-SMALL = dict(n_levels=4, n_features_per_level=2, log2_hashmap_size=8, base_resolution=2,
-             per_level_scale=2.0, start_level=4)
+SMALL = dict(
+    n_levels=4, n_features_per_level=2, log2_hashmap_size=8, base_resolution=2, per_level_scale=2.0, start_level=4
+)
 PRIMES = (1, 2654435761, 805459861)
 
 
@@ -49,7 +50,7 @@ def reference_encoding(enc: HashGridEncoding, x01: torch.Tensor) -> torch.Tensor
                         h ^= (coord * prime) & 0xFFFFFFFF  # uint32 arithmetic
                     index = h % size
                 w = math.prod(f if o else 1.0 - f for f, o in zip(frac, offs))
-                out[p, level * fdim:(level + 1) * fdim] += w * table[index]
+                out[p, level * fdim : (level + 1) * fdim] += w * table[index]
     return out
 
 
@@ -73,8 +74,7 @@ def test_encoding_matches_reference_dense_and_hashed_levels():
 
 def test_points_on_the_upper_faces_stay_in_their_table():
     """x = 1 lies in the last voxel (fraction 1), not past the grid, even for a dense last level."""
-    enc = HashGridEncoding(n_levels=2, log2_hashmap_size=12, base_resolution=3, per_level_scale=2.0,
-                           start_level=2)
+    enc = HashGridEncoding(n_levels=2, log2_hashmap_size=12, base_resolution=3, per_level_scale=2.0, start_level=2)
     assert enc.n_dense == 2  # (3+1)^3, (6+1)^3 ≤ 4096: the last table ends the parameter array
     with torch.no_grad():
         enc.params.uniform_(-1, 1)
@@ -110,15 +110,14 @@ def test_official_defaults_shape_and_levels():
     enc = HashGridEncoding()
     assert enc.n_output_dims == 32
     assert enc.resolution[0] == 16 and 4000 < enc.resolution[-1] <= 4096
-    assert enc.table(15).shape == (2 ** 19, 2)
-    assert enc.table(0).shape == (17 ** 3, 2)  # dense
+    assert enc.table(15).shape == (2**19, 2)
+    assert enc.table(0).shape == (17**3, 2)  # dense
     assert 1e-4 * 0.99 < enc.params.abs().max() <= 1e-4
     out = enc(torch.rand(5, 3))
     assert out.shape == (5, 32)
 
 
-@pytest.mark.parametrize("step,levels", [(0, 8), (2000, 8), (2499, 8), (2500, 9), (3000, 10), (6000, 16),
-                                         (10000, 16)])
+@pytest.mark.parametrize("step,levels", [(0, 8), (2000, 8), (2499, 8), (2500, 9), (3000, 10), (6000, 16), (10000, 16)])
 def test_progressive_schedule(step: int, levels: int):
     enc = HashGridEncoding(log2_hashmap_size=10)
     enc.set_step(step)
@@ -137,8 +136,8 @@ def test_locked_levels_get_no_gradient_and_unlock():
     x = torch.rand(30, 3)
     enc(x).square().sum().backward()
     grad = enc.params.grad
-    assert grad[:, int(enc.offset[2]):].abs().sum() == 0
-    assert grad[:, :int(enc.offset[2])].abs().sum() > 0
+    assert grad[:, int(enc.offset[2]) :].abs().sum() == 0
+    assert grad[:, : int(enc.offset[2])].abs().sum() > 0
     enc.set_step(15)
     assert enc.active_levels == 3
     assert (enc(x).reshape(30, 4, 2)[:, 2].abs().sum(-1) > 0).all()
@@ -224,8 +223,10 @@ def test_normals_equal_negative_density_gradient():
         field.encoding.params.uniform_(-1, 1)
     x = sphere_points(8, 0.6).double()
     eps = 1e-6
-    fd = torch.stack([(field.density(x + eps * e) - field.density(x - eps * e)) / (2 * eps)
-                      for e in torch.eye(3, dtype=x.dtype)], dim=-1)
+    fd = torch.stack(
+        [(field.density(x + eps * e) - field.density(x - eps * e)) / (2 * eps) for e in torch.eye(3, dtype=x.dtype)],
+        dim=-1,
+    )
     normal = field(x, with_normals=True).normal
     torch.testing.assert_close(normal, F.normalize(-fd, dim=-1), atol=1e-6, rtol=0)
 
@@ -238,8 +239,11 @@ def test_normal_gradient_w_r_t_parameters_is_exact():
     x = sphere_points(4, 0.4).double()
     names = ["encoding.params", "density_mlp.0.weight"]
     tensors = [dict(field.named_parameters())[n].detach().clone().requires_grad_() for n in names]
-    fn = lambda *ps: torch.func.functional_call(  # noqa: E731
-        field, dict(zip(names, ps)), (x,), {"with_normals": True}).normal
+    fn = lambda *ps: (
+        torch.func.functional_call(
+            field, dict(zip(names, ps)), (x,), {"with_normals": True}
+        ).normal
+    )
     torch.autograd.gradcheck(fn, tuple(tensors))
 
 
@@ -249,8 +253,9 @@ def test_deterministic_initialisation():
         return ImplicitVolume(FieldConfig(log2_hashmap_size=10)), EnvironmentBackground()
 
     (f1, b1), (f2, b2) = make(), make()
-    for a, b in zip([*f1.state_dict().values(), *b1.state_dict().values()],
-                    [*f2.state_dict().values(), *b2.state_dict().values()]):
+    for a, b in zip(
+        [*f1.state_dict().values(), *b1.state_dict().values()], [*f2.state_dict().values(), *b2.state_dict().values()]
+    ):
         assert torch.equal(a, b)
     torch.manual_seed(8)
     other = ImplicitVolume(FieldConfig(log2_hashmap_size=10))
@@ -322,7 +327,9 @@ def test_timing_forward_backward_with_normals(capsys):
         (out.density.mean() + out.albedo.mean() + out.normal[:, 0].mean()).backward()
         seconds = time.perf_counter() - start
         with capsys.disabled():
-            print(f"\n[field] {x.shape[0]} points, {field.encoding.active_levels} levels, "
-                  f"{torch.get_num_threads()} threads: forward+backward with normals {seconds:.2f} s")
+            print(
+                f"\n[field] {x.shape[0]} points, {field.encoding.active_levels} levels, "
+                f"{torch.get_num_threads()} threads: forward+backward with normals {seconds:.2f} s"
+            )
         grad = field.encoding.params.grad
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0

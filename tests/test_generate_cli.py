@@ -14,16 +14,34 @@ from PIL import Image
 from sdi_blender.cli import main
 from sdi_blender.server.training import run_dir
 
-SMALL = ["--model", "tiny", "--preset", "test", "--device", "cpu", "--resolution", "32",
-         "--steps", "4", "--preview-every", "2", "--checkpoint-every", "2"]
+SMALL = [
+    "--model",
+    "tiny",
+    "--preset",
+    "test",
+    "--device",
+    "cpu",
+    "--resolution",
+    "32",
+    "--steps",
+    "4",
+    "--preview-every",
+    "2",
+    "--checkpoint-every",
+    "2",
+]
 
 
 def test_generate_test_preset_end_to_end(tmp_path: Path):
     run = tmp_path / "apple"
     script = Path(sys.executable).parent / "sdi-blender"
-    proc = subprocess.run([str(script), "generate", "a red apple", "--model", "tiny", "--preset", "test",
-                           "--out", str(run)], capture_output=True, text=True, timeout=300,
-                          env=os.environ.copy())
+    proc = subprocess.run(
+        [str(script), "generate", "a red apple", "--model", "tiny", "--preset", "test", "--out", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ.copy(),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "30/30" in proc.stderr  # the progress bar reached the end
     config = json.loads((run / run_dir.CONFIG).read_text())
@@ -31,7 +49,10 @@ def test_generate_test_preset_end_to_end(tmp_path: Path):
     assert Image.open(run / run_dir.TURNTABLE).size == (4 * 64, 64)
     assert Image.open(run / run_dir.LOSS_CURVE).size[0] > 100
     assert sorted(p.name for p in (run / run_dir.PREVIEWS).iterdir()) == [
-        "step_000010.png", "step_000020.png", "step_000030.png"]
+        "step_000010.png",
+        "step_000020.png",
+        "step_000030.png",
+    ]
 
 
 def test_resume_with_more_steps_and_a_new_prompt(tmp_path: Path):
@@ -54,12 +75,15 @@ def _bad(capsys, argv, message, tmp_path=None):
         assert sorted(tmp_path.rglob("*")) == before  # nothing created or overwritten
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--resolution", "60"], "multiple of 8"),
-    (["--steps", "0"], "steps must be positive"),
-    (["--steps", "-5"], "steps must be positive"),
-    (["--model", "/no/such/model"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--resolution", "60"], "multiple of 8"),
+        (["--steps", "0"], "steps must be positive"),
+        (["--steps", "-5"], "steps must be positive"),
+        (["--model", "/no/such/model"], "does not exist"),
+    ],
+)
 def test_bad_settings(capsys, tmp_path, extra, message):
     _bad(capsys, ["generate", "x", *SMALL, *extra, "--out", str(tmp_path / "run")], message, tmp_path)
 
@@ -92,10 +116,18 @@ def test_bad_resumes(capsys, tmp_path):
     assert main(["generate", "a red apple", *SMALL, "--out", str(run)]) == 0
     capsys.readouterr()
     _bad(capsys, ["generate", "--resume", str(run)], "already complete", tmp_path)
-    _bad(capsys, ["generate", "--resume", str(run), "--preset", "paper", "--steps", "1"],
-         "cannot change preset", tmp_path)
-    _bad(capsys, ["generate", "--resume", str(run), "--resolution", "64", "--steps", "1"],
-         "cannot change resolution", tmp_path)
+    _bad(
+        capsys,
+        ["generate", "--resume", str(run), "--preset", "paper", "--steps", "1"],
+        "cannot change preset",
+        tmp_path,
+    )
+    _bad(
+        capsys,
+        ["generate", "--resume", str(run), "--resolution", "64", "--steps", "1"],
+        "cannot change resolution",
+        tmp_path,
+    )
     config = json.loads((run / run_dir.CONFIG).read_text())
     config["field"]["n_levels"] = 8
     (run / run_dir.CONFIG).write_text(json.dumps(config))

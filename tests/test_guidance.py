@@ -43,8 +43,14 @@ def test_ddim_sample_matches_diffusers_ddim_scheduler():
     from diffusers import DDIMScheduler
 
     p = GaussianPredictor()
-    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                          clip_sample=False, set_alpha_to_one=True, steps_offset=1)
+    sched = DDIMScheduler(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,
+        set_alpha_to_one=True,
+        steps_offset=1,
+    )
     sched.set_timesteps(10)
     assert sched.timesteps.tolist() == inversion_timesteps(901, 100)[:0:-1]
     x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))

@@ -13,10 +13,37 @@ REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "blender_manifest.toml"
 # Blender's documented add-on tags (Extensions > Tags in the manual).
 ADDON_TAGS = {
-    "3D View", "Add Curve", "Add Mesh", "Animation", "Bake", "Camera", "Compositing", "Development",
-    "Game Engine", "Geometry Nodes", "Grease Pencil", "Import-Export", "Lighting", "Material", "Mesh",
-    "Modeling", "Node", "Object", "Paint", "Physics", "Pipeline", "Render", "Rigging", "Scene", "Sculpt",
-    "Sequencer", "System", "Text Editor", "Tracking", "User Interface", "UV",
+    "3D View",
+    "Add Curve",
+    "Add Mesh",
+    "Animation",
+    "Bake",
+    "Camera",
+    "Compositing",
+    "Development",
+    "Game Engine",
+    "Geometry Nodes",
+    "Grease Pencil",
+    "Import-Export",
+    "Lighting",
+    "Material",
+    "Mesh",
+    "Modeling",
+    "Node",
+    "Object",
+    "Paint",
+    "Physics",
+    "Pipeline",
+    "Render",
+    "Rigging",
+    "Scene",
+    "Sculpt",
+    "Sequencer",
+    "System",
+    "Text Editor",
+    "Tracking",
+    "User Interface",
+    "UV",
 }
 
 
@@ -83,6 +110,8 @@ def test_blender_validator_accepts_the_extension(tmp_path: Path) -> None:
     shutil.copy(MANIFEST, ext / MANIFEST.name)
     proc = subprocess.run(
         [sys.executable, str(cli), "validate", "--valid-tags", str(tags), str(ext)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

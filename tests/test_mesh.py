@@ -58,8 +58,9 @@ def test_small_floater_is_dropped() -> None:
 
 def test_decimation_hits_the_face_budget() -> None:
     progress: list[tuple[str, float]] = []
-    mesh, info = build_mesh(ball(), MeshSettings(resolution=128, faces=1000),
-                            progress=lambda s, f: progress.append((s, f)))
+    mesh, info = build_mesh(
+        ball(), MeshSettings(resolution=128, faces=1000), progress=lambda s, f: progress.append((s, f))
+    )
     assert abs(len(mesh.faces) - 1000) <= 100 and info["faces"] == len(mesh.faces)
     assert abs(radii(mesh).mean() - R) < 0.02 * R
     assert mesh.volume > 0

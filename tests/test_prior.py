@@ -101,8 +101,7 @@ def test_view_dependent_prompts_follow_the_camera(prior):
     assert len(pred.text) == 2
     for i, d in enumerate([FRONT, SIDE, BACK, OVERHEAD]):
         torch.testing.assert_close(pred.text[0][i], emb.views[d])
-    plain = prior.predictor(prior.encode_prompt("a red apple", options=PromptOptions(view_dependent=False)),
-                            elev, azim)
+    plain = prior.predictor(prior.encode_prompt("a red apple", options=PromptOptions(view_dependent=False)), elev, azim)
     torch.testing.assert_close(plain.text[0][2], emb.prompt[0])
 
 
@@ -180,10 +179,11 @@ def test_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path: Path):
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
-    code = ("from sdi_blender.server.diffusion.prior import StableDiffusionPrior as P; "
-            "p = P('sdi-test/cached-tiny', device='cpu'); print(p.image_size)")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)
+    code = (
+        "from sdi_blender.server.diffusion.prior import StableDiffusionPrior as P; "
+        "p = P('sdi-test/cached-tiny', device='cpu'); print(p.image_size)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "64"
 
@@ -268,6 +268,7 @@ def test_a_failing_compiled_unet_falls_back_with_one_warning(prior, caplog):
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     torch.testing.assert_close(again, expected, rtol=0, atol=0)
     warnings = [r.getMessage() for r in caplog.records]
-    assert warnings == ["torch.compile of the UNet failed (RuntimeError: backend compiler failed); "
-                        "running it uncompiled"]
+    assert warnings == [
+        "torch.compile of the UNet failed (RuntimeError: backend compiler failed); running it uncompiled"
+    ]
     assert prior._compiled is None

@@ -24,36 +24,42 @@ def test_messages_are_single_json_lines():
     assert decode(line) == {"type": "status", "id": 1, "text": "a\nb ünï"}
 
 
-@pytest.mark.parametrize("line, code", [
-    (b"{not json", "bad_request"),
-    (b"\xff\xfe", "bad_request"),
-    (b"[1, 2]", "bad_request"),
-    (b'"hello"', "bad_request"),
-    (b"x" * (MAX_MESSAGE_BYTES + 1), "too_large"),
-])
+@pytest.mark.parametrize(
+    "line, code",
+    [
+        (b"{not json", "bad_request"),
+        (b"\xff\xfe", "bad_request"),
+        (b"[1, 2]", "bad_request"),
+        (b'"hello"', "bad_request"),
+        (b"x" * (MAX_MESSAGE_BYTES + 1), "too_large"),
+    ],
+)
 def test_decode_rejects_what_is_not_an_object(line, code):
     with pytest.raises(ProtocolError) as info:
         decode(line)
     assert info.value.code == code
 
 
-@pytest.mark.parametrize("message, code", [
-    ({"id": 1}, "bad_request"),
-    ({"type": 5, "id": 1}, "bad_request"),
-    ({"type": "fly", "id": 1}, "unknown_type"),
-    ({"type": "status"}, "bad_request"),
-    ({"type": "status", "id": True}, "bad_request"),
-    ({"type": "status", "id": "x" * 200}, "bad_request"),
-    ({"type": "generate", "id": 1}, "bad_request"),
-    ({"type": "generate", "id": 1, "prompt": 3}, "bad_request"),
-    ({"type": "generate", "id": 1, "prompt": "x" * 5000}, "bad_request"),
-    ({"type": "generate", "id": 1, "prompt": "x", "steps": 0}, "bad_request"),
-    ({"type": "generate", "id": 1, "prompt": "x", "steps": True}, "bad_request"),
-    ({"type": "generate", "id": 1, "prompt": "x", "guidance_scale": float("nan")}, "bad_request"),
-    ({"type": "generate", "id": 1, "prompt": "x", "colour": "red"}, "bad_request"),
-    ({"type": "export", "id": 1, "job": "j", "texture_size": 10**6}, "bad_request"),
-    ({"type": "continue", "id": 1, "job": "j"}, "bad_request"),
-])
+@pytest.mark.parametrize(
+    "message, code",
+    [
+        ({"id": 1}, "bad_request"),
+        ({"type": 5, "id": 1}, "bad_request"),
+        ({"type": "fly", "id": 1}, "unknown_type"),
+        ({"type": "status"}, "bad_request"),
+        ({"type": "status", "id": True}, "bad_request"),
+        ({"type": "status", "id": "x" * 200}, "bad_request"),
+        ({"type": "generate", "id": 1}, "bad_request"),
+        ({"type": "generate", "id": 1, "prompt": 3}, "bad_request"),
+        ({"type": "generate", "id": 1, "prompt": "x" * 5000}, "bad_request"),
+        ({"type": "generate", "id": 1, "prompt": "x", "steps": 0}, "bad_request"),
+        ({"type": "generate", "id": 1, "prompt": "x", "steps": True}, "bad_request"),
+        ({"type": "generate", "id": 1, "prompt": "x", "guidance_scale": float("nan")}, "bad_request"),
+        ({"type": "generate", "id": 1, "prompt": "x", "colour": "red"}, "bad_request"),
+        ({"type": "export", "id": 1, "job": "j", "texture_size": 10**6}, "bad_request"),
+        ({"type": "continue", "id": 1, "job": "j"}, "bad_request"),
+    ],
+)
 def test_invalid_requests_get_the_right_code(message, code):
     with pytest.raises(ProtocolError) as info:
         validate_request(message)
@@ -61,19 +67,44 @@ def test_invalid_requests_get_the_right_code(message, code):
 
 
 def test_valid_requests_pass_unchanged():
-    for message in [{"type": "hello", "token": "t", "protocol": 1},
-                    {"type": "status", "id": "a"},
-                    {"type": "generate", "id": 2, "prompt": "a ripe strawberry", "steps": 100,
-                     "guidance_scale": 7.5, "perp_neg": False, "export": {"texture_size": 512}},
-                    {"type": "continue", "id": 3, "job": "j1", "steps": 500, "prompt": "new"}]:
+    for message in [
+        {"type": "hello", "token": "t", "protocol": 1},
+        {"type": "status", "id": "a"},
+        {
+            "type": "generate",
+            "id": 2,
+            "prompt": "a ripe strawberry",
+            "steps": 100,
+            "guidance_scale": 7.5,
+            "perp_neg": False,
+            "export": {"texture_size": 512},
+        },
+        {"type": "continue", "id": 3, "job": "j1", "steps": 500, "prompt": "new"},
+    ]:
         assert validate_request(dict(message)) == message
-    assert set(REQUESTS) == {"hello", "status", "generate", "cancel", "subscribe", "export",
-                             "continue", "list_jobs", "delete_job", "shutdown"}
+    assert set(REQUESTS) == {
+        "hello",
+        "status",
+        "generate",
+        "cancel",
+        "subscribe",
+        "export",
+        "continue",
+        "list_jobs",
+        "delete_job",
+        "shutdown",
+    }
 
 
 def test_error_events_use_the_closed_set():
     event = error_event("not_found", "no job 'x'", "list_jobs shows them", request_id=4, job="x")
-    assert json.loads(encode(event)) == {"event": "error", "code": "not_found", "message": "no job 'x'",
-                                         "hint": "list_jobs shows them", "id": 4, "job": "x"}
+    assert json.loads(encode(event)) == {
+        "event": "error",
+        "code": "not_found",
+        "message": "no job 'x'",
+        "hint": "list_jobs shows them",
+        "id": 4,
+        "job": "x",
+    }
     with pytest.raises(ValueError):
         ProtocolError("made_up", "x")

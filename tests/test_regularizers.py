@@ -27,8 +27,9 @@ def test_ramp_constants_and_linear_schedules():
 
 def test_loss_weights_at_a_step():
     w = LossWeights()
-    assert w.at(0) == pytest.approx({"guidance": 1.0, "orient": 0.1, "sparsity": 0.15,
-                                     "opaque": 0.1, "convex": 1.0, "z_variance": 1.0})
+    assert w.at(0) == pytest.approx(
+        {"guidance": 1.0, "orient": 0.1, "sparsity": 0.15, "opaque": 0.1, "convex": 1.0, "z_variance": 1.0}
+    )
     late = w.at(5000)
     assert late["sparsity"] == 0.0 and late["convex"] == pytest.approx(0.1)
 
@@ -100,9 +101,13 @@ def test_gradients_flow_to_the_render_outputs():
     orient = torch.rand(1, 8, 8, 1, requires_grad=True)
     z_var = torch.rand(1, 8, 8, 1, requires_grad=True)
     normal = torch.rand(1, 8, 8, 3, requires_grad=True)
-    total = (reg.orientation_loss(orient, opacity) + reg.sparsity_loss(opacity)
-             + reg.opacity_loss(opacity) + reg.z_variance_loss(z_var, opacity)
-             + reg.convexity_loss(normal))
+    total = (
+        reg.orientation_loss(orient, opacity)
+        + reg.sparsity_loss(opacity)
+        + reg.opacity_loss(opacity)
+        + reg.z_variance_loss(z_var, opacity)
+        + reg.convexity_loss(normal)
+    )
     total.backward()
     for t in (opacity, orient, z_var, normal):
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
@@ -111,9 +116,13 @@ def test_gradients_flow_to_the_render_outputs():
 def test_no_nan_when_nothing_is_opaque():
     opacity = torch.zeros(1, 4, 4, 1, requires_grad=True)
     z_var = torch.zeros(1, 4, 4, 1, requires_grad=True)
-    losses = [reg.orientation_loss(torch.zeros(1, 4, 4, 1), opacity), reg.sparsity_loss(opacity),
-              reg.opacity_loss(opacity), reg.z_variance_loss(z_var, opacity),
-              reg.convexity_loss(torch.zeros(1, 4, 4, 3))]
+    losses = [
+        reg.orientation_loss(torch.zeros(1, 4, 4, 1), opacity),
+        reg.sparsity_loss(opacity),
+        reg.opacity_loss(opacity),
+        reg.z_variance_loss(z_var, opacity),
+        reg.convexity_loss(torch.zeros(1, 4, 4, 3)),
+    ]
     assert all(torch.isfinite(v) for v in losses)
     sum(losses).backward()
     assert torch.isfinite(opacity.grad).all() and torch.isfinite(z_var.grad).all()
@@ -154,8 +163,9 @@ def test_rendered_z_variance_is_normalised_by_opacity():
     from sdi_blender.server.scene.renderer import RendererConfig, VolumeRenderer
 
     sigma = 0.916  # opacity 1 − e^(−σ·1) ≈ 0.6 through the centre
-    renderer = VolumeRenderer(_Fog(sigma), lambda d: torch.zeros_like(d), 1.0,
-                              RendererConfig(num_samples_per_ray=2048, occupancy_grid=False))
+    renderer = VolumeRenderer(
+        _Fog(sigma), lambda d: torch.zeros_like(d), 1.0, RendererConfig(num_samples_per_ray=2048, occupancy_grid=False)
+    )
     cams = orbit_cameras(torch.zeros(1), torch.zeros(1), 2.0, 10.0, 9, 9)
     with torch.no_grad():
         out = renderer(cams, "albedo")

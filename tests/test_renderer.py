@@ -50,8 +50,7 @@ class Flat(nn.Module):
 
 
 def _renderer(samples=256, chunk=1 << 20, r=0.5):
-    return VolumeRenderer(Ball(r), Flat(), 2.0, RendererConfig(num_samples_per_ray=samples,
-                                                                chunk_rays=chunk))
+    return VolumeRenderer(Ball(r), Flat(), 2.0, RendererConfig(num_samples_per_ray=samples, chunk_rays=chunk))
 
 
 def _front_camera(size=33, fovy=40.0):
@@ -78,7 +77,7 @@ def test_ball_renders_with_expected_opacity_and_depth():
     torch.testing.assert_close(out.rgb[0, 0, 0], torch.tensor(BACKGROUND), atol=1e-3, rtol=0)
     # Covered area: rays within asin(0.5 / 2) of the axis hit the ball.
     half = math.tan(math.asin(0.25)) / math.tan(math.radians(20))  # in half-image units
-    expected = math.pi * half ** 2 / 4
+    expected = math.pi * half**2 / 4
     assert out.opacity.mean().item() == pytest.approx(expected, rel=0.03)
 
 
@@ -127,7 +126,7 @@ def test_occupancy_grid_update_marks_the_ball(monkeypatch):
     occupied = r.estimator.binaries[0]  # [res, res, res] over [-2, 2]^3
     res = occupied.shape[0]
     centre = res // 2
-    assert occupied[centre - 1:centre + 1, centre - 1:centre + 1, centre - 1:centre + 1].all()
+    assert occupied[centre - 1 : centre + 1, centre - 1 : centre + 1, centre - 1 : centre + 1].all()
     assert not occupied[0, 0, 0] and occupied.float().mean() < 0.1
 
 

@@ -30,8 +30,21 @@ class Server:
         self.jobs_dir = jobs_dir
         self.log = open(jobs_dir.parent / f"{jobs_dir.name}-server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sdi_blender.server", "--model", "tiny", "--device", "cpu",
-             "--jobs-dir", str(jobs_dir)], stdout=subprocess.PIPE, stderr=self.log, env=os.environ.copy())
+            [
+                sys.executable,
+                "-m",
+                "sdi_blender.server",
+                "--model",
+                "tiny",
+                "--device",
+                "cpu",
+                "--jobs-dir",
+                str(jobs_dir),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=os.environ.copy(),
+        )
         line = self.proc.stdout.readline()
         assert line, f"the server exited: {self.proc.wait()}"
         self.listening = json.loads(line)
@@ -106,8 +119,11 @@ def test_listening_line_and_private_token(server: Server):
 
 
 def test_wrong_token_is_refused_and_closed(server: Server):
-    for hello in ({"type": "hello", "token": "nope", "protocol": 1},
-                  {"type": "hello", "token": server.token, "protocol": 2}, {"type": "status", "id": 1}):
+    for hello in (
+        {"type": "hello", "token": "nope", "protocol": 1},
+        {"type": "hello", "token": server.token, "protocol": 2},
+        {"type": "status", "id": 1},
+    ):
         client = Client(server.port)
         client.send_raw((json.dumps(hello) + "\n").encode())
         assert client.recv()["code"] == "unauthorized"
@@ -123,8 +139,9 @@ def test_non_loopback_host_needs_allow_remote(capsys):
 
 def test_generate_with_export_then_export_again(server: Server):
     client = server.client()
-    reply = client.ask({"type": "generate", "prompt": "a red apple", **SMALL,
-                        "export": {"resolution": 32, "texture_size": 64}})
+    reply = client.ask(
+        {"type": "generate", "prompt": "a red apple", **SMALL, "export": {"resolution": 32, "texture_size": 64}}
+    )
     assert reply["event"] == "queued" and reply["position"] == 0
     job = reply["job"]
     events = client.events(job)
@@ -201,30 +218,52 @@ def test_status_stays_responsive_while_another_client_generates(server: Server):
 
 def _hostile() -> list[tuple[bytes, str]]:
     """Malformed or hostile lines with the error code each must get."""
+
     def msg(**fields: Any) -> bytes:
         return json.dumps({"id": 7, **fields}).encode()
 
     def gen(**fields: Any) -> bytes:
         return msg(**{"type": "generate", "prompt": "x", **fields})
+
     return [
-        (b"not json", "bad_request"), (b"[1, 2]", "bad_request"), (b'"text"', "bad_request"),
-        (b"{", "bad_request"), (b"\xff\xfe{}", "bad_request"), (b"[" * 100_000, "bad_request"),
-        (b"", "bad_request"), (msg(type="nope"), "unknown_type"), (msg(type="x" * 100_000), "unknown_type"),
-        (msg(), "bad_request"), (msg(type=5), "bad_request"), (b'{"type": "status"}', "bad_request"),
-        (b'{"type": "status", "id": true}', "bad_request"), (msg(type="status", id="i" * 500), "bad_request"),
-        (msg(type="status", extra=1), "bad_request"), (msg(type="generate", steps=4), "bad_request"),
-        (gen(prompt="x" * 5000), "bad_request"), (gen(steps=-1), "bad_request"),
-        (gen(steps=10**30), "bad_request"), (gen(steps="4"), "bad_request"),
-        (gen(steps=4.5), "bad_request"), (gen(perp_neg=1), "bad_request"),
+        (b"not json", "bad_request"),
+        (b"[1, 2]", "bad_request"),
+        (b'"text"', "bad_request"),
+        (b"{", "bad_request"),
+        (b"\xff\xfe{}", "bad_request"),
+        (b"[" * 100_000, "bad_request"),
+        (b"", "bad_request"),
+        (msg(type="nope"), "unknown_type"),
+        (msg(type="x" * 100_000), "unknown_type"),
+        (msg(), "bad_request"),
+        (msg(type=5), "bad_request"),
+        (b'{"type": "status"}', "bad_request"),
+        (b'{"type": "status", "id": true}', "bad_request"),
+        (msg(type="status", id="i" * 500), "bad_request"),
+        (msg(type="status", extra=1), "bad_request"),
+        (msg(type="generate", steps=4), "bad_request"),
+        (gen(prompt="x" * 5000), "bad_request"),
+        (gen(steps=-1), "bad_request"),
+        (gen(steps=10**30), "bad_request"),
+        (gen(steps="4"), "bad_request"),
+        (gen(steps=4.5), "bad_request"),
+        (gen(perp_neg=1), "bad_request"),
         (b'{"type": "generate", "id": 7, "prompt": "x", "guidance_scale": NaN}', "bad_request"),
         (b'{"type": "generate", "id": 7, "prompt": "x", "guidance_scale": -Infinity}', "bad_request"),
-        (gen(resolution=12), "bad_request"), (gen(preset="ultra"), "bad_request"),
-        (gen(method="magic"), "bad_request"), (gen(model="/no/such/model"), "bad_request"),
-        (gen(prompt="   "), "bad_request"), (gen(export={"texture_size": 100}), "bad_request"),
-        (gen(export={"colour": 1}), "bad_request"), (gen(export=[1]), "bad_request"),
-        (msg(type="cancel", job="../../etc"), "not_found"), (msg(type="export", job="nope"), "not_found"),
-        (msg(type="continue", job="nope", steps=0), "bad_request"), (msg(type="subscribe", job=3), "bad_request"),
-        (msg(type="continue", job="nope", steps=3), "not_found"), (msg(type="delete_job", job=""), "not_found"),
+        (gen(resolution=12), "bad_request"),
+        (gen(preset="ultra"), "bad_request"),
+        (gen(method="magic"), "bad_request"),
+        (gen(model="/no/such/model"), "bad_request"),
+        (gen(prompt="   "), "bad_request"),
+        (gen(export={"texture_size": 100}), "bad_request"),
+        (gen(export={"colour": 1}), "bad_request"),
+        (gen(export=[1]), "bad_request"),
+        (msg(type="cancel", job="../../etc"), "not_found"),
+        (msg(type="export", job="nope"), "not_found"),
+        (msg(type="continue", job="nope", steps=0), "bad_request"),
+        (msg(type="subscribe", job=3), "bad_request"),
+        (msg(type="continue", job="nope", steps=3), "not_found"),
+        (msg(type="delete_job", job=""), "not_found"),
         (msg(type="hello", token="t", protocol=1), "bad_request"),
     ]
 
@@ -261,8 +300,9 @@ def test_kill_restart_continue(tmp_path: Path):
     first = Server(jobs)
     try:
         client = first.client()
-        job = client.ask({"type": "generate", "prompt": "a kiwi", **SMALL, "steps": 8,
-                          "checkpoint_every": 2, "preview_every": 100})["job"]
+        job = client.ask(
+            {"type": "generate", "prompt": "a kiwi", **SMALL, "steps": 8, "checkpoint_every": 2, "preview_every": 100}
+        )["job"]
         while (event := client.recv())["event"] != "progress" or event["step"] < 3:
             pass  # the step-2 checkpoint is on disk
         os.kill(first.proc.pid, signal.SIGKILL)
@@ -311,8 +351,9 @@ def test_job_faults_in_process(tmp_path: Path):
     events: dict[str, list[dict]] = {}
     finished = threading.Semaphore(0)
     gate = threading.Event()
-    outcomes = iter([(torch.cuda.OutOfMemoryError, "CUDA out of memory. Tried to allocate 20 GiB"),
-                     (ValueError, "boom"), None])
+    outcomes = iter(
+        [(torch.cuda.OutOfMemoryError, "CUDA out of memory. Tried to allocate 20 GiB"), (ValueError, "boom"), None]
+    )
     trainers: list[weakref.ref] = []
     loads: list[str] = []
 
@@ -339,11 +380,13 @@ def test_job_faults_in_process(tmp_path: Path):
                 raise kind(message)
             return RunResult("done", self.steps)
 
-    manager = JobManager(tmp_path, emit, device=torch.device("cpu"), model="tiny",
-                         trainer_factory=FakeTrainer, prior_factory=load_prior)
-    ids = [manager.submit("generate", {"prompt": p, "preset": "test", **extra})[0]
-           for p, extra in [("oom", {}), ("bug", {}), ("gone", {"model": "other/model"}), ("ok", {}),
-                            ("never", {})]]
+    manager = JobManager(
+        tmp_path, emit, device=torch.device("cpu"), model="tiny", trainer_factory=FakeTrainer, prior_factory=load_prior
+    )
+    ids = [
+        manager.submit("generate", {"prompt": p, "preset": "test", **extra})[0]
+        for p, extra in [("oom", {}), ("bug", {}), ("gone", {"model": "other/model"}), ("ok", {}), ("never", {})]
+    ]
     assert manager.cancel(ids[4]) == "cancelled"  # a queued job is removed at once
     gate.set()
     for _ in ids:

@@ -71,14 +71,21 @@ def test_diffuse_multiplies_albedo_and_clamps():
     light = torch.tensor([1.0, 0.55, 0.1])[:, None]
     torch.testing.assert_close(out, albedo * light)
     bright = ShadingConfig(ambient_light=0.5, diffuse_light=1.0)
-    torch.testing.assert_close(shade(albedo, normal, positions, lights, "diffuse", bright)[0],
-                               torch.tensor([0.75, 0.3, 1.0]))  # 1.5 × (0.5, 0.2, 1.0), clamped
+    torch.testing.assert_close(
+        shade(albedo, normal, positions, lights, "diffuse", bright)[0], torch.tensor([0.75, 0.3, 1.0])
+    )  # 1.5 × (0.5, 0.2, 1.0), clamped
 
 
 def test_light_direction_is_taken_from_each_point():
     # A point off the origin: the light straight above it, not above the origin, counts.
-    out = shade(torch.ones(1, 3), torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[5.0, 0.0, 0.0]]),
-                torch.tensor([[5.0, 0.0, 3.0]]), "textureless", ShadingConfig())
+    out = shade(
+        torch.ones(1, 3),
+        torch.tensor([[0.0, 0.0, 1.0]]),
+        torch.tensor([[5.0, 0.0, 0.0]]),
+        torch.tensor([[5.0, 0.0, 3.0]]),
+        "textureless",
+        ShadingConfig(),
+    )
     torch.testing.assert_close(out, torch.ones(1, 3))
 
 

@@ -45,9 +45,7 @@ def sphere():
 @pytest.fixture(scope="module")
 def baked(sphere):
     stages: list[tuple[str, float]] = []
-    out = bake_texture(
-        sphere.vertices, sphere.faces, color_fn, size=512, progress=lambda s, f: stages.append((s, f))
-    )
+    out = bake_texture(sphere.vertices, sphere.faces, color_fn, size=512, progress=lambda s, f: stages.append((s, f)))
     return out, stages
 
 

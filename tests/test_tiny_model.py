@@ -42,9 +42,11 @@ def test_tiny_model_build_is_deterministic(tmp_path: Path):
 
     tiny_model.build_tiny_pipeline(tmp_path / "a")
     tiny_model.build_tiny_pipeline(tmp_path / "b")
-    for sub, name in [("unet", "diffusion_pytorch_model.safetensors"),
-                      ("vae", "diffusion_pytorch_model.safetensors"),
-                      ("text_encoder", "model.safetensors")]:
+    for sub, name in [
+        ("unet", "diffusion_pytorch_model.safetensors"),
+        ("vae", "diffusion_pytorch_model.safetensors"),
+        ("text_encoder", "model.safetensors"),
+    ]:
         a, b = load_file(tmp_path / "a" / sub / name), load_file(tmp_path / "b" / sub / name)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a)
@@ -66,7 +68,12 @@ def test_tiny_tokenizer_spells_words_byte_by_byte(tmp_path: Path):
     tiny_model.write_tiny_tokenizer(tmp_path)
     tok = CLIPTokenizer.from_pretrained(tmp_path)
     assert tok.convert_ids_to_tokens(tok("ab c").input_ids) == [
-        "<|startoftext|>", "a", "b</w>", "c</w>", "<|endoftext|>"]
+        "<|startoftext|>",
+        "a",
+        "b</w>",
+        "c</w>",
+        "<|endoftext|>",
+    ]
 
 
 def test_cache_location_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):

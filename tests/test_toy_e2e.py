@@ -40,8 +40,12 @@ def results() -> dict:
 
 def _train_and_score(toy_prior, folder: Path, obj: int, method: str) -> dict:
     run = folder / "run"
-    run_generate(GenerateRequest(out=run, prompt=TOY_OBJECTS[obj].prompt, preset="toy",
-                                 device="cpu", settings={"method": method}), prior=toy_prior)
+    run_generate(
+        GenerateRequest(
+            out=run, prompt=TOY_OBJECTS[obj].prompt, preset="toy", device="cpu", settings={"method": method}
+        ),
+        prior=toy_prior,
+    )
     return score_run(run)
 
 

@@ -35,26 +35,26 @@ def test_ground_truth_shows_the_front_feature_where_the_conventions_put_it():
     (azimuth 90) the +X side is on the image's left; row 0 is the top."""
     images, masks = _front_and_side(0)
     blue = torch.tensor([0.1, 0.3, 0.9])[:, None, None]
-    is_blue = (images - blue).abs().amax(1) < 0.05                                  # [4, S, S]
+    is_blue = (images - blue).abs().amax(1) < 0.05  # [4, S, S]
     ys, xs = torch.nonzero(is_blue[0], as_tuple=True)
     assert abs(xs.float().mean() - 23.5) < 2 and abs(ys.float().mean() - 23.5) < 3
     _, xs_side = torch.nonzero(is_blue[1], as_tuple=True)
-    assert xs_side.float().mean() < 20          # +X appears on the left, seen from +Y
+    assert xs_side.float().mean() < 20  # +X appears on the left, seen from +Y
     _, xs_other = torch.nonzero(is_blue[3], as_tuple=True)
-    assert xs_other.float().mean() > 28         # and on the right, seen from −Y
-    assert not is_blue[2].any()                 # hidden behind the box, seen from the back
+    assert xs_other.float().mean() > 28  # and on the right, seen from −Y
+    assert not is_blue[2].any()  # hidden behind the box, seen from the back
     assert masks[0, 0, 0] == 0 and (images[0][:, 0, 0] == BACKGROUND).all()
 
 
 def test_ground_truth_is_upright_and_the_right_side_is_minus_y():
-    images, _ = _front_and_side(2)              # green pillar: tall, so upright means rows
+    images, _ = _front_and_side(2)  # green pillar: tall, so upright means rows
     green = (images[0] - torch.tensor([0.1, 0.65, 0.2])[:, None, None]).abs().amax(0) < 0.05
     ys, xs = torch.nonzero(green, as_tuple=True)
     assert (ys.max() - ys.min()) > 2 * (xs.max() - xs.min())
-    images, _ = _front_and_side(3)              # the slab's ball on its right (−Y)
+    images, _ = _front_and_side(3)  # the slab's ball on its right (−Y)
     yellow = (images[0] - torch.tensor([0.95, 0.85, 0.1])[:, None, None]).abs().amax(0) < 0.05
     _, xs = torch.nonzero(yellow, as_tuple=True)
-    assert xs.float().mean() < 20               # seen from the front, the object's right is our left
+    assert xs.float().mean() < 20  # seen from the front, the object's right is our left
 
 
 def test_toy_prompts_are_checked_with_one_line_listing_them():
@@ -81,7 +81,7 @@ def test_the_toy_world_and_stable_diffusion_share_the_prior_interface(toy, prior
 
 def _naive_mean(toy, x_t: torch.Tensor, a: float, logw: torch.Tensor) -> torch.Tensor:
     """E[x0 | x_t] straight from the formula for data N(x_i, σ²I), over every picture at once."""
-    x, pics, s2 = x_t.reshape(-1).double(), toy.flat.double(), toy.picture_noise ** 2
+    x, pics, s2 = x_t.reshape(-1).double(), toy.flat.double(), toy.picture_noise**2
     var = a * s2 + 1 - a
     d2 = (x[None] - math.sqrt(a) * pics).square().sum(-1)
     r = torch.softmax(logw - d2 / (2 * var), 0)
@@ -106,8 +106,9 @@ def test_the_denoiser_is_the_exact_posterior_mean(toy, t):
     g = torch.Generator().manual_seed(t)
     x0 = toy.flat[1234]
     x_t = (math.sqrt(a) * x0 + math.sqrt(1 - a) * torch.randn(x0.shape, generator=g))[None]
-    weights = torch.stack([toy.group_weights(0), toy.group_weights(None),
-                           toy.group_weights(2, torch.tensor([0.0, 1.0, 0.0, 0.0]))])[:, None]
+    weights = torch.stack(
+        [toy.group_weights(0), toy.group_weights(None), toy.group_weights(2, torch.tensor([0.0, 1.0, 0.0, 0.0]))]
+    )[:, None]
     got = toy.posterior_mean(x_t, torch.tensor([a], dtype=torch.float64), weights)
     for k, logw in enumerate([_row_log_prior(toy, 0), _row_log_prior(toy, None), _row_log_prior(toy, 2, 1)]):
         torch.testing.assert_close(got[k, 0].double(), _naive_mean(toy, x_t, a, logw), atol=2e-4, rtol=0)
@@ -140,8 +141,7 @@ def test_picture_noise_keeps_sdi_inverted_noise_gaussian_sized(toy):
     assert 0.7 < std < 1.4 and sharp > 4
 
 
-@pytest.mark.parametrize("opts", [PromptOptions(), PromptOptions(perp_neg=False),
-                                  PromptOptions(view_dependent=False)])
+@pytest.mark.parametrize("opts", [PromptOptions(), PromptOptions(perp_neg=False), PromptOptions(view_dependent=False)])
 @pytest.mark.parametrize("method", ["sdi", "sds"])
 def test_sdi_and_sds_run_on_the_toy_world_with_cfg_and_view_prompts(toy, opts, method):
     emb = toy.encode_prompt(TOY_PROMPTS[0], options=opts)
@@ -193,8 +193,7 @@ class _ToyField(torch.nn.Module):
 
         nearest = self._sdf(x).argmin(0)
         albedo = torch.tensor([p.colour for p in self.obj.parts], dtype=x.dtype)[nearest]
-        return SimpleNamespace(density=self.density(x), albedo=albedo,
-                               normal=torch.nn.functional.normalize(x, dim=-1))
+        return SimpleNamespace(density=self.density(x), albedo=albedo, normal=torch.nn.functional.normalize(x, dim=-1))
 
 
 @pytest.mark.parametrize("obj", range(len(TOY_OBJECTS)))
@@ -205,8 +204,12 @@ def test_the_pipeline_renders_a_toy_object_as_the_ground_truth_draws_it(obj):
     from sdi_blender.server.scene.renderer import RendererConfig, VolumeRenderer
 
     field = _ToyField(TOY_OBJECTS[obj])
-    renderer = VolumeRenderer(field, lambda d: torch.full_like(d, BACKGROUND), 1.0,
-                              RendererConfig(num_samples_per_ray=192, occupancy_grid=False))
+    renderer = VolumeRenderer(
+        field,
+        lambda d: torch.full_like(d, BACKGROUND),
+        1.0,
+        RendererConfig(num_samples_per_ray=192, occupancy_grid=False),
+    )
     azimuths = torch.tensor([0.0, 90.0, 200.0, 300.0])
     cams = orbit_cameras(torch.full((4,), 20.0), azimuths, 2.0, 50.0, 32, 32)
     with torch.no_grad():
@@ -235,10 +238,18 @@ def test_eval_of_a_toy_world_run_adds_psnr_and_mask_iou_against_the_truth(tmp_pa
     run_dir.atomic_write(run / run_dir.CONFIG, config.to_json())
     run_dir.write_state(run, "done", 1, config.steps)
     (run / "checkpoints").mkdir()
-    torch.save({"format": 1, "step": 1, "config": json_.loads(config.to_json()),
-                "field": ImplicitVolume(config.field).state_dict(),
-                "background": EnvironmentBackground(config.background).state_dict(), "renderer": None,
-                "history": [{"step": 1, "t": 980, "total": 1.0}]}, run / run_dir.CHECKPOINT)
+    torch.save(
+        {
+            "format": 1,
+            "step": 1,
+            "config": json_.loads(config.to_json()),
+            "field": ImplicitVolume(config.field).state_dict(),
+            "background": EnvironmentBackground(config.background).state_dict(),
+            "renderer": None,
+            "history": [{"step": 1, "t": 980, "total": 1.0}],
+        },
+        run / run_dir.CHECKPOINT,
+    )
     (result,) = evaluate([run], "tiny", views=2, size=32)
     assert 5 < result.truth["psnr"] < 40 and 0 <= result.truth["mask_iou"] < 0.9
     summary = result.summary()

@@ -16,9 +16,18 @@ from sdi_blender.server.training.trainer import LossDiverged, Trainer, TrainerCa
 
 def small_config(**overrides) -> TrainConfig:
     """Smaller than the test preset, so each unit test takes seconds."""
-    settings = {"resolution": 32, "renderer.num_samples_per_ray": 16, "field.log2_hashmap_size": 12,
-                "steps": 6, "preview_every": 3, "checkpoint_every": 3, "preview_size": 16,
-                "turntable_views": 2, "model": "tiny", **overrides}
+    settings = {
+        "resolution": 32,
+        "renderer.num_samples_per_ray": 16,
+        "field.log2_hashmap_size": 12,
+        "steps": 6,
+        "preview_every": 3,
+        "checkpoint_every": 3,
+        "preview_size": 16,
+        "turntable_views": 2,
+        "model": "tiny",
+        **overrides,
+    }
     return make_config("a red apple", "test", **settings)
 
 
@@ -77,8 +86,7 @@ def test_run_reports_progress_previews_checkpoints_and_reports(prior, tmp_path):
     assert set(p.losses) >= {"guidance", "orient", "sparsity", "opaque", "z_variance", "convex", "total"}
     assert [s for s, _ in rec.previews] == [3, 6] and rec.previews[0][1][:4] == b"\x89PNG"
     assert rec.checkpoints == [3, 6]
-    for name in (run_dir.CONFIG, run_dir.CHECKPOINT, run_dir.LOSS_CURVE, run_dir.TURNTABLE,
-                 "previews/step_000003.png"):
+    for name in (run_dir.CONFIG, run_dir.CHECKPOINT, run_dir.LOSS_CURVE, run_dir.TURNTABLE, "previews/step_000003.png"):
         assert (tmp_path / name).is_file(), name
     assert len((tmp_path / run_dir.METRICS).read_text().splitlines()) == 6
     assert json.loads((tmp_path / run_dir.STATE).read_text())["status"] == "done"
@@ -157,8 +165,7 @@ def test_step_timer_times_every_stage_of_a_step(prior, tmp_path):
         trainer.report_progress()
     steps = timer.results()
     assert len(steps) == 2 and [h["step"] for h in trainer.history] == [1, 2]
-    stages = {"grid", "render", "vae", "inversion", "prediction", "vae_backward", "render_backward",
-              "update"}
+    stages = {"grid", "render", "vae", "inversion", "prediction", "vae_backward", "render_backward", "update"}
     for ms in steps:
         assert set(ms) == stages | {"step"} and all(v >= 0 for v in ms.values())
         assert sum(ms[k] for k in stages) <= ms["step"]

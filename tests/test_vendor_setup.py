@@ -98,13 +98,15 @@ def test_env_override_wins(tmp_path: Path) -> None:
 
 
 def test_find_links_from_pip_config_and_env(tmp_path: Path) -> None:
-    config = "\n".join([
-        "global.cert='/etc/ssl/certs/ca.crt'",
-        "global.find-links='/opt/wheels'",
-        "install.find-links='file:///srv/a%20b\\n/srv/c'",
-        ":env:.find-links='/opt/wheels'",
-        "global.extra-index-url='https://example.org/simple'",
-    ])
+    config = "\n".join(
+        [
+            "global.cert='/etc/ssl/certs/ca.crt'",
+            "global.find-links='/opt/wheels'",
+            "install.find-links='file:///srv/a%20b\\n/srv/c'",
+            ":env:.find-links='/opt/wheels'",
+            "global.extra-index-url='https://example.org/simple'",
+        ]
+    )
     entries = vs.parse_find_links(config, {"PIP_FIND_LINKS": "/env/one https://host/wheels"})
     assert entries == ["/opt/wheels", "file:///srv/a%20b", "/srv/c", "/env/one", "https://host/wheels"]
     assert vs.local_paths(entries) == [Path("/opt/wheels"), Path("/srv/a b"), Path("/srv/c"), Path("/env/one")]
@@ -227,9 +229,23 @@ def test_venv_is_a_non_venv_directory(tmp_path: Path) -> None:
 
 def test_bad_blender_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
     # -I -S: no site-packages, as before set-up, so sdi_blender.blender_app comes from the checkout.
-    proc = subprocess.run([sys.executable, "-I", "-S", str(SCRIPT), "--venv", str(tmp_path / "venv"),
-                           "--dist", str(tmp_path / "dist"), "--blender", str(tmp_path / "no-blender")],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-S",
+            str(SCRIPT),
+            "--venv",
+            str(tmp_path / "venv"),
+            "--dist",
+            str(tmp_path / "dist"),
+            "--blender",
+            str(tmp_path / "no-blender"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     _assert_one_error_line(proc, "--blender", str(tmp_path / "no-blender"), "not an executable")
     assert proc.returncode == 1
     assert list(tmp_path.iterdir()) == []
@@ -269,6 +285,7 @@ def test_install_failure_names_the_step(tmp_path: Path) -> None:
 
 # --- the Blender add-on zip -------------------------------------------------
 
+
 def test_build_addon_writes_an_installable_zip(tmp_path: Path) -> None:
     import zipfile
 
@@ -299,6 +316,10 @@ def test_blender_validates_the_addon_zip(tmp_path: Path) -> None:
     tags = cli.parents[3] / "modules" / "_bpy_internal" / "extensions" / "tags.py"
     assert _run(["--build-addon", "--dist", str(tmp_path)]).returncode == 0
     (zip_path,) = tmp_path.glob("sdi_blender-*.zip")
-    proc = subprocess.run([sys.executable, str(cli), "validate", "--valid-tags", str(tags), str(zip_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(cli), "validate", "--valid-tags", str(tags), str(zip_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr

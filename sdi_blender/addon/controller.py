@@ -25,8 +25,10 @@ from ..client import Client, LocalServer, ServerError
 STATES = ("stopped", "starting", "ready", "busy", "error")
 """What the panel's server line shows."""
 
-_NO_PYTHON_HINT = ("set 'Server Python' in Edit > Preferences > Add-ons > SDI to the Python of the "
-                   "environment vendor_setup.py made (.venv/bin/python), or set $SDI_SERVER_PYTHON")
+_NO_PYTHON_HINT = (
+    "set 'Server Python' in Edit > Preferences > Add-ons > SDI to the Python of the "
+    "environment vendor_setup.py made (.venv/bin/python), or set $SDI_SERVER_PYTHON"
+)
 
 
 @dataclass
@@ -212,8 +214,10 @@ class Controller:
             return f"lost the connection to the server: {message}", "start the server again"
         self._server = None
         tail = _last_line(server.stderr_path)
-        return (f"the server stopped unexpectedly (exit code {server.process.returncode})",
-                tail or f"see {server.stderr_path}")
+        return (
+            f"the server stopped unexpectedly (exit code {server.process.returncode})",
+            tail or f"see {server.stderr_path}",
+        )
 
     # -- background thread ----------------------------------------------------------------
     def _work(self) -> None:
@@ -222,14 +226,15 @@ class Controller:
             try:
                 command()
             except Exception as exc:
-                error = exc if isinstance(exc, ServerError) else ServerError(
-                    "internal", f"{type(exc).__name__}: {exc}")
+                error = exc if isinstance(exc, ServerError) else ServerError("internal", f"{type(exc).__name__}: {exc}")
                 if self._client is None:
                     self._say_state("error", error.hint or error.message)
                 # A failed job request ends the followed job; anything else is only reported.
-                self._outbox.put({"event": "error", "code": error.code, "message": error.message,
-                                  "hint": error.hint} if for_job else
-                                 {"event": "notice", "message": str(error)})
+                self._outbox.put(
+                    {"event": "error", "code": error.code, "message": error.message, "hint": error.hint}
+                    if for_job
+                    else {"event": "notice", "message": str(error)}
+                )
 
     def _say_state(self, state: str, hint: str = "") -> None:
         self._outbox.put({"event": "state", "state": state, "hint": hint})
@@ -243,8 +248,12 @@ class Controller:
             self._client = Client(settings.host, settings.port, settings.token)
         else:
             try:
-                self._server = LocalServer(settings.jobs_dir, python=check_python(settings.python),
-                                           device=settings.device, model=settings.model or None)
+                self._server = LocalServer(
+                    settings.jobs_dir,
+                    python=check_python(settings.python),
+                    device=settings.device,
+                    model=settings.model or None,
+                )
             except ServerError as exc:
                 raise ServerError(exc.code, exc.message, exc.hint or _NO_PYTHON_HINT) from None
             self._client = self._server.connect()
@@ -283,8 +292,7 @@ def check_python(python: str) -> str:
     if not python:
         raise ServerError("no_python", "no server Python is set", _NO_PYTHON_HINT)
     if not (os.path.isfile(python) and os.access(python, os.X_OK)):
-        raise ServerError("no_python", f"the server Python '{python}' is not an executable file",
-                          _NO_PYTHON_HINT)
+        raise ServerError("no_python", f"the server Python '{python}' is not an executable file", _NO_PYTHON_HINT)
     return python
 
 
@@ -296,9 +304,13 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def wait_until(controller: Controller, done: Callable[[], bool],
-               on_outcome: Callable[[Outcome], None] | None = None,
-               timeout: float = 3600.0, interval: float = 0.05) -> None:
+def wait_until(
+    controller: Controller,
+    done: Callable[[], bool],
+    on_outcome: Callable[[Outcome], None] | None = None,
+    timeout: float = 3600.0,
+    interval: float = 0.05,
+) -> None:
     """Poll until ``done()`` holds (background mode, where timers never fire); a job's
     outcome goes to ``on_outcome``."""
     deadline = time.monotonic() + timeout

@@ -95,8 +95,13 @@ def _finish(obj: bpy.types.Object, name: str, job: str) -> None:
 
 
 def _images(mesh: bpy.types.Mesh) -> list[bpy.types.Image]:
-    return [node.image for mat in mesh.materials if mat and mat.use_nodes
-            for node in mat.node_tree.nodes if node.type == "TEX_IMAGE" and node.image]
+    return [
+        node.image
+        for mat in mesh.materials
+        if mat and mat.use_nodes
+        for node in mat.node_tree.nodes
+        if node.type == "TEX_IMAGE" and node.image
+    ]
 
 
 def _remove_mesh(mesh: bpy.types.Mesh) -> None:

@@ -82,8 +82,11 @@ class SDI_OT_continue_job(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         obj, settings = _job_object(context), context.scene.sdi
-        fields: dict[str, Any] = {"job": obj[JOB_KEY], "steps": self.steps or settings.continue_steps,
-                                  "export": settings.export_fields()}
+        fields: dict[str, Any] = {
+            "job": obj[JOB_KEY],
+            "steps": self.steps or settings.continue_steps,
+            "export": settings.export_fields(),
+        }
         prompt = self.prompt.strip() or settings.continue_prompt.strip()
         if prompt:
             fields["prompt"] = prompt
@@ -218,8 +221,9 @@ class SDI_OT_check_python(bpy.types.Operator):
         try:
             ctl.check_python(python)
             log = tempfile.TemporaryFile()
-            proc = subprocess.Popen([python, "-c", "import sdi_blender.server.service.server"],
-                                    stdout=subprocess.DEVNULL, stderr=log)
+            proc = subprocess.Popen(
+                [python, "-c", "import sdi_blender.server.service.server"], stdout=subprocess.DEVNULL, stderr=log
+            )
         except (ctl.ServerError, OSError) as exc:
             self.report({"ERROR"}, f"SDI: {exc}")
             return {"CANCELLED"}
@@ -260,6 +264,16 @@ class SDI_OT_notify(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (SDI_OT_generate, SDI_OT_continue_job, SDI_OT_reexport, SDI_OT_cancel, SDI_OT_server_start,
-           SDI_OT_server_stop, SDI_OT_refresh_jobs, SDI_OT_import_job, SDI_OT_import_run,
-           SDI_OT_check_python, SDI_OT_notify)
+CLASSES = (
+    SDI_OT_generate,
+    SDI_OT_continue_job,
+    SDI_OT_reexport,
+    SDI_OT_cancel,
+    SDI_OT_server_start,
+    SDI_OT_server_stop,
+    SDI_OT_refresh_jobs,
+    SDI_OT_import_job,
+    SDI_OT_import_run,
+    SDI_OT_check_python,
+    SDI_OT_notify,
+)

@@ -8,8 +8,13 @@ from . import runtime
 from .controller import Controller
 from .properties import JOB_KEY
 
-_STATE_ICONS = {"stopped": "RADIOBUT_OFF", "starting": "SORTTIME", "ready": "CHECKMARK",
-                "busy": "RENDER_ANIMATION", "error": "ERROR"}
+_STATE_ICONS = {
+    "stopped": "RADIOBUT_OFF",
+    "starting": "SORTTIME",
+    "ready": "CHECKMARK",
+    "busy": "RENDER_ANIMATION",
+    "error": "ERROR",
+}
 
 
 class _SDIPanel:
@@ -41,11 +46,9 @@ def _draw_job(layout: bpy.types.UILayout, c: Controller) -> None:
     view = c.job
     if view.total:
         eta = f", {_duration(view.eta_s)} left" if view.eta_s is not None else ""
-        layout.progress(factor=view.step / view.total, type="BAR",
-                        text=f"Step {view.step} / {view.total}{eta}")
+        layout.progress(factor=view.step / view.total, type="BAR", text=f"Step {view.step} / {view.total}{eta}")
     else:
-        layout.label(text="Exporting…" if view.purpose in ("reexport", "import") else "Starting…",
-                     icon="SORTTIME")
+        layout.label(text="Exporting…" if view.purpose in ("reexport", "import") else "Starting…", icon="SORTTIME")
     if runtime.preview_icon():
         layout.template_icon(icon_value=runtime.preview_icon(), scale=8.0)
     row = layout.row()

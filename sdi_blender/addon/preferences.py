@@ -24,27 +24,39 @@ class SDIAddonPreferences(bpy.types.AddonPreferences):
     server_python: bpy.props.StringProperty(
         name="Server Python",
         description="Python of the server environment made by vendor_setup.py (.venv/bin/python); "
-                    "$SDI_SERVER_PYTHON overrides it",
+        "$SDI_SERVER_PYTHON overrides it",
         subtype="FILE_PATH",
     )
     model: bpy.props.StringProperty(
-        name="Model", default=DEFAULT_MODEL,
-        description="Stable Diffusion model: a Hugging Face id, a local pipeline folder, or 'tiny'")
+        name="Model",
+        default=DEFAULT_MODEL,
+        description="Stable Diffusion model: a Hugging Face id, a local pipeline folder, or 'tiny'",
+    )
     jobs_dir: bpy.props.StringProperty(
-        name="Jobs Folder", subtype="DIR_PATH",
-        description="Where the server keeps its jobs (empty: the add-on's user folder)")
+        name="Jobs Folder",
+        subtype="DIR_PATH",
+        description="Where the server keeps its jobs (empty: the add-on's user folder)",
+    )
     device: bpy.props.EnumProperty(
-        name="Device", default="auto",
-        items=[("auto", "Auto", "The GPU when there is one, else the CPU"),
-               ("cuda", "CUDA", "An NVIDIA GPU"), ("mps", "Metal", "An Apple GPU"),
-               ("cpu", "CPU", "The processor (very slow for real models)")])
+        name="Device",
+        default="auto",
+        items=[
+            ("auto", "Auto", "The GPU when there is one, else the CPU"),
+            ("cuda", "CUDA", "An NVIDIA GPU"),
+            ("mps", "Metal", "An Apple GPU"),
+            ("cpu", "CPU", "The processor (very slow for real models)"),
+        ],
+    )
     use_remote: bpy.props.BoolProperty(
-        name="Remote Server", description="Connect to a running server instead of starting one; "
-        "it must see the same jobs folder path to import its meshes")
+        name="Remote Server",
+        description="Connect to a running server instead of starting one; "
+        "it must see the same jobs folder path to import its meshes",
+    )
     remote_host: bpy.props.StringProperty(name="Host", default="127.0.0.1")
     remote_port: bpy.props.IntProperty(name="Port", default=8765, min=1, max=65535)
-    remote_token: bpy.props.StringProperty(name="Token", subtype="PASSWORD",
-                                           description="The server's token file's contents")
+    remote_token: bpy.props.StringProperty(
+        name="Token", subtype="PASSWORD", description="The server's token file's contents"
+    )
 
     def draw(self, context: bpy.types.Context) -> None:
         layout = self.layout
@@ -85,9 +97,15 @@ def server_settings(context: bpy.types.Context | None = None) -> ServerSettings:
     """The preferences as the controller takes them."""
     prefs = get(context)
     remote = prefs.use_remote
-    return ServerSettings(python=server_python(prefs), jobs_dir=jobs_dir(prefs), model=prefs.model.strip(),
-                          device=prefs.device, host=prefs.remote_host.strip() if remote else "",
-                          port=prefs.remote_port if remote else 0, token=prefs.remote_token if remote else "")
+    return ServerSettings(
+        python=server_python(prefs),
+        jobs_dir=jobs_dir(prefs),
+        model=prefs.model.strip(),
+        device=prefs.device,
+        host=prefs.remote_host.strip() if remote else "",
+        port=prefs.remote_port if remote else 0,
+        token=prefs.remote_token if remote else "",
+    )
 
 
 CLASSES = (SDIAddonPreferences,)

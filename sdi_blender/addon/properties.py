@@ -34,22 +34,38 @@ class SDISettings(bpy.types.PropertyGroup):
     prompt: bpy.props.StringProperty(name="Prompt", description="What the object should be")
     negative_prompt: bpy.props.StringProperty(name="Negative", description="What it should not look like")
     method: bpy.props.EnumProperty(
-        name="Method", default="sdi",
-        items=[("sdi", "SDI", "Noise by DDIM inversion of the render (the paper): sharper"),
-               ("sds", "SDS", "Score Distillation Sampling with random noise: the classic baseline")])
+        name="Method",
+        default="sdi",
+        items=[
+            ("sdi", "SDI", "Noise by DDIM inversion of the render (the paper): sharper"),
+            ("sds", "SDS", "Score Distillation Sampling with random noise: the classic baseline"),
+        ],
+    )
     preset: bpy.props.EnumProperty(name="Quality", items=PRESETS, default="draft")
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0)
     steps: bpy.props.IntProperty(name="Steps", default=0, min=0, description="0: the preset's")
-    resolution: bpy.props.IntProperty(name="Resolution", default=0, min=0, max=1024, step=64,
-                                      description="Render size in pixels, a multiple of 8; 0: the preset's")
+    resolution: bpy.props.IntProperty(
+        name="Resolution",
+        default=0,
+        min=0,
+        max=1024,
+        step=64,
+        description="Render size in pixels, a multiple of 8; 0: the preset's",
+    )
     guidance_scale: bpy.props.FloatProperty(
-        name="Guidance Scale", default=0.0, min=0.0, max=100.0,
-        description="Classifier-free guidance; 0: the preset's (the paper's 7.5, or 0 for the toy world)")
-    mesh_resolution: bpy.props.IntProperty(name="Mesh Resolution", default=256, min=16, max=1024,
-                                           description="Marching-cubes grid cells per side")
+        name="Guidance Scale",
+        default=0.0,
+        min=0.0,
+        max=100.0,
+        description="Classifier-free guidance; 0: the preset's (the paper's 7.5, or 0 for the toy world)",
+    )
+    mesh_resolution: bpy.props.IntProperty(
+        name="Mesh Resolution", default=256, min=16, max=1024, description="Marching-cubes grid cells per side"
+    )
     texture_size: bpy.props.EnumProperty(name="Texture Size", items=TEXTURE_SIZES, default="1024")
-    faces: bpy.props.IntProperty(name="Face Budget", default=0, min=0,
-                                 description="Decimate to about this many triangles; 0: keep all")
+    faces: bpy.props.IntProperty(
+        name="Face Budget", default=0, min=0, description="Decimate to about this many triangles; 0: keep all"
+    )
     continue_steps: bpy.props.IntProperty(name="More Steps", default=1000, min=1)
     continue_prompt: bpy.props.StringProperty(name="New Prompt", description="Empty: keep the prompt")
     history: bpy.props.CollectionProperty(type=SDIJobItem)
@@ -57,8 +73,12 @@ class SDISettings(bpy.types.PropertyGroup):
 
     def train_fields(self) -> dict[str, Any]:
         """The generate request's training fields (the preset fills what is left out)."""
-        fields: dict[str, Any] = {"prompt": self.prompt.strip(), "method": self.method, "preset": self.preset,
-                                  "seed": self.seed}
+        fields: dict[str, Any] = {
+            "prompt": self.prompt.strip(),
+            "method": self.method,
+            "preset": self.preset,
+            "seed": self.seed,
+        }
         if self.guidance_scale:  # else the preset's: a sent value would override the toy world's 0
             fields["guidance_scale"] = self.guidance_scale
         if self.negative_prompt.strip():

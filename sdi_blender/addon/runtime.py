@@ -21,8 +21,13 @@ import bpy.utils.previews
 from . import controller as ctl
 from . import importer, preferences
 
-_state: dict[str, Any] = {"controller": None, "previews": None, "preview_icon": 0, "preview_step": -1,
-                          "jobs_shown": None}
+_state: dict[str, Any] = {
+    "controller": None,
+    "previews": None,
+    "preview_icon": 0,
+    "preview_step": -1,
+    "jobs_shown": None,
+}
 ACTIVE_INTERVAL, IDLE_INTERVAL = 0.2, 1.0  # seconds between timer calls
 Report = tuple[str, str]  # (Blender report level, message)
 
@@ -118,8 +123,12 @@ def fill_history(scene: bpy.types.Scene) -> None:
     scene.sdi.history.clear()
     for entry in reversed(jobs):
         item = scene.sdi.history.add()
-        item.job, item.prompt, item.status, item.step = (entry["job"], entry.get("prompt", ""),
-                                                         entry["status"], entry.get("step") or 0)
+        item.job, item.prompt, item.status, item.step = (
+            entry["job"],
+            entry.get("prompt", ""),
+            entry["status"],
+            entry.get("step") or 0,
+        )
 
 
 def _window_context() -> contextlib.AbstractContextManager:

@@ -56,13 +56,22 @@ def run_compare(req: CompareRequest) -> Path:
             if _complete(run):
                 print(f"{run}: done already, kept", file=sys.stderr)
                 continue
-            prior = prior or load_prior(req.settings.get("model") or DEFAULT_MODEL,
-                                        device=resolve_device(req.device))
+            prior = prior or load_prior(req.settings.get("model") or DEFAULT_MODEL, device=resolve_device(req.device))
             _train(req, run, method, seed, prior)
     results = evaluate(runs, req.clip, req.views, req.size, resolve_device(req.device))
-    write_report(results, group_summary(results), report,
-                 {"clip": req.clip, "views": req.views, "size": req.size, "preset": req.preset,
-                  "seeds": req.seeds, "prompt": req.prompt})
+    write_report(
+        results,
+        group_summary(results),
+        report,
+        {
+            "clip": req.clip,
+            "views": req.views,
+            "size": req.size,
+            "preset": req.preset,
+            "seeds": req.seeds,
+            "prompt": req.prompt,
+        },
+    )
     return report
 
 
@@ -73,8 +82,9 @@ def _complete(run: Path) -> bool:
 
 def _train(req: CompareRequest, run: Path, method: str, seed: int, prior: Prior) -> None:
     settings = {**req.settings, "method": method, "seed": seed}
-    gen = GenerateRequest(out=run, prompt=req.prompt, overwrite=True, device=req.device,
-                          preset=req.preset, settings=settings)
+    gen = GenerateRequest(
+        out=run, prompt=req.prompt, overwrite=True, device=req.device, preset=req.preset, settings=settings
+    )
     try:
         run_generate(gen, prior=prior)
     except LossDiverged as exc:  # a diverged seed is a result of the comparison, not a failure

@@ -70,8 +70,7 @@ class Distill2DConfig:
             raise UserError(f"steps must be between 1 and 100000, got {self.steps}")
         top = num_train_timesteps - 1
         if not 1 <= self.t_min <= self.t_max <= top:
-            raise UserError(f"timesteps out of range: need 1 <= t-min ({self.t_min}) <= "
-                            f"t-max ({self.t_max}) <= {top}")
+            raise UserError(f"timesteps out of range: need 1 <= t-min ({self.t_min}) <= t-max ({self.t_max}) <= {top}")
         if not self.lr > 0:
             raise UserError(f"learning rate must be positive, got {self.lr}")
         if self.frames < 1:
@@ -99,8 +98,7 @@ def snapshot_steps(steps: int, frames: int) -> list[int]:
     return sorted({round((k + 1) * steps / n) - 1 for k in range(n)})
 
 
-def distill2d(cfg: Distill2DConfig, prior: Prior,
-              progress: ProgressFn | None = None) -> Distill2DResult:
+def distill2d(cfg: Distill2DConfig, prior: Prior, progress: ProgressFn | None = None) -> Distill2DResult:
     """Optimise one latent by score distillation towards the prompt."""
     cfg.validate(prior.alphas_cumprod.shape[0])
     start = time.perf_counter()
@@ -109,8 +107,12 @@ def distill2d(cfg: Distill2DConfig, prior: Prior,
     latent = torch.randn((1, prior.latent_channels, size, size), generator=gen, device=prior.device)
     latent.requires_grad_(True)
     optimiser = torch.optim.Adam([latent], lr=cfg.lr)
-    guidance = ScoreDistillation(prior.predictor(prior.encode_prompt(cfg.prompt, cfg.negative_prompt)),
-                                 cfg.method, guidance_scale=cfg.guidance_scale, **cfg.inversion)
+    guidance = ScoreDistillation(
+        prior.predictor(prior.encode_prompt(cfg.prompt, cfg.negative_prompt)),
+        cfg.method,
+        guidance_scale=cfg.guidance_scale,
+        **cfg.inversion,
+    )
     T = prior.alphas_cumprod.shape[0]
     keep = set(snapshot_steps(cfg.steps, cfg.frames))
     frames, frame_steps = [], []
@@ -126,16 +128,20 @@ def distill2d(cfg: Distill2DConfig, prior: Prior,
             frame_steps.append(step)
         if progress is not None:
             progress(step + 1, cfg.steps, t, float(loss.detach()))
-    return Distill2DResult(image=frames[-1], frames=frames, frame_steps=frame_steps,
-                           latent=latent.detach(), seconds=time.perf_counter() - start)
+    return Distill2DResult(
+        image=frames[-1],
+        frames=frames,
+        frame_steps=frame_steps,
+        latent=latent.detach(),
+        seconds=time.perf_counter() - start,
+    )
 
 
 def metrics_path(out: Path) -> Path:
     return out.with_name(f"{out.stem}_metrics.json")
 
 
-def _score(results: list[Distill2DResult], methods: list[str], prompt: str, clip: str,
-           device: torch.device) -> dict:
+def _score(results: list[Distill2DResult], methods: list[str], prompt: str, clip: str, device: torch.device) -> dict:
     """The final images' CLIP score and CLIP-IQA, as ``eval`` computes them for views."""
     from ..evaluation.clip_metrics import ClipJudge
 
@@ -144,12 +150,21 @@ def _score(results: list[Distill2DResult], methods: list[str], prompt: str, clip
     scores, iqa = judge.clip_score(images, prompt).tolist(), judge.clip_iqa(images).tolist()
     for method, c, q in zip(methods, scores, iqa):
         print(f"{method.upper()}: CLIP score {c:.2f}, CLIP-IQA {q:.3f}", file=sys.stderr)
-    return {"prompt": prompt, "clip": clip,
-            "methods": {m: {"clip_score": c, "clip_iqa": q} for m, c, q in zip(methods, scores, iqa)}}
+    return {
+        "prompt": prompt,
+        "clip": clip,
+        "methods": {m: {"clip_score": c, "clip_iqa": q} for m, c, q in zip(methods, scores, iqa)},
+    }
 
 
-def run_distill2d(cfg: Distill2DConfig, out: Path, strip_out: Path, device: str = "auto",
-                  compare: bool = False, clip: str | None = None) -> list[Distill2DResult]:
+def run_distill2d(
+    cfg: Distill2DConfig,
+    out: Path,
+    strip_out: Path,
+    device: str = "auto",
+    compare: bool = False,
+    clip: str | None = None,
+) -> list[Distill2DResult]:
     """The ``distill2d`` command: run, then write the image and the strip atomically.
 
     With ``compare`` SDS and SDI run from the same seed; the image shows them side by
@@ -162,8 +177,11 @@ def run_distill2d(cfg: Distill2DConfig, out: Path, strip_out: Path, device: str 
     for method in methods:
         bar = StepBar(cfg.steps, label=method.upper())
         try:
-            results.append(distill2d(replace(cfg, method=method), prior,
-                                     lambda step, total, t, loss, bar=bar: bar.update(step, t, loss)))
+            results.append(
+                distill2d(
+                    replace(cfg, method=method), prior, lambda step, total, t, loss, bar=bar: bar.update(step, t, loss)
+                )
+            )
         finally:
             bar.close()
     tiles = [to_pil(r.image) for r in results]
@@ -186,4 +204,3 @@ def run_distill2d(cfg: Distill2DConfig, out: Path, strip_out: Path, device: str 
         raise
     print(f"wrote {out} and {strip_out} ({sum(r.seconds for r in results):.1f} s)", file=sys.stderr)
     return results
-

@@ -50,8 +50,10 @@ def plan_run(req: GenerateRequest) -> tuple[TrainConfig, bool]:
         return config, False
     fixed = sorted(k for k in settings if k not in RESUMABLE) + (["preset"] if req.preset else [])
     if fixed:
-        raise UserError(f"cannot change {', '.join(fixed)} when resuming",
-                        hint="only --steps, --prompt and preview/checkpoint intervals can change")
+        raise UserError(
+            f"cannot change {', '.join(fixed)} when resuming",
+            hint="only --steps, --prompt and preview/checkpoint intervals can change",
+        )
     config = TrainConfig.from_json(run_dir.check_resumable(req.out))
     done = run_dir.read_state(req.out).get("step", 0)
     if req.prompt is not None:
@@ -64,8 +66,10 @@ def plan_run(req: GenerateRequest) -> tuple[TrainConfig, bool]:
             raise UserError(f"steps must be positive, got {settings['steps']}")
         config.steps = done + settings["steps"]  # more steps on top of where the run is
     elif done >= config.steps:
-        raise UserError(f"the run in '{req.out}' is already complete ({done} steps)",
-                        hint="pass --steps N to continue it for N more steps")
+        raise UserError(
+            f"the run in '{req.out}' is already complete ({done} steps)",
+            hint="pass --steps N to continue it for N more steps",
+        )
     config.validate()
     return config, True
 
@@ -118,9 +122,9 @@ def run_generate(req: GenerateRequest, prior: Prior | None = None) -> RunResult:
     finally:
         bar.bar.close()
     if result.status == "cancelled":
-        print(f"cancelled at step {result.step}; continue with: sdi-blender generate --resume {req.out}",
-              file=sys.stderr)
+        print(
+            f"cancelled at step {result.step}; continue with: sdi-blender generate --resume {req.out}", file=sys.stderr
+        )
     else:
-        print(f"done: {result.step} steps in {req.out} (turntable.png, loss_curve.png, checkpoints/)",
-              file=sys.stderr)
+        print(f"done: {result.step} steps in {req.out} (turntable.png, loss_curve.png, checkpoints/)", file=sys.stderr)
     return result

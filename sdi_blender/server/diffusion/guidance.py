@@ -66,8 +66,7 @@ def ddim_sigma(a_clean: Tensor, a_noisy: Tensor) -> Tensor:
     return ((1 - a_clean) / (1 - a_noisy) * (1 - a_noisy / a_clean)).clamp(min=0).sqrt()
 
 
-def inversion_timesteps(t_end: int, step: int = 100, grid_limit: int | None = None,
-                        offset: int = 1) -> list[int]:
+def inversion_timesteps(t_end: int, step: int = 100, grid_limit: int | None = None, offset: int = 1) -> list[int]:
     """Timesteps that DDIM inversion visits: CLEAN, the grid below ``grid_limit``, then ``t_end``.
 
     The grid is the "leading" one of Stable Diffusion's scheduler (``k·step + offset``).
@@ -89,10 +88,18 @@ def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 @torch.no_grad()
-def ddim_invert(predictor: NoisePredictor, x0: Tensor, t_end: int, *, step: int = 100,
-                guidance_scale: float = 1.0, eta: float = 0.0,
-                generator: torch.Generator | None = None,
-                grid_limit: int | None = None, offset: int = 1) -> Tensor:
+def ddim_invert(
+    predictor: NoisePredictor,
+    x0: Tensor,
+    t_end: int,
+    *,
+    step: int = 100,
+    guidance_scale: float = 1.0,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    grid_limit: int | None = None,
+    offset: int = 1,
+) -> Tensor:
     """DDIM-invert the clean ``x0`` to the noisy latent at ``t_end``.
 
     Each hop predicts ε̂ at the cleaner end (the usual inversion approximation
@@ -112,8 +119,15 @@ def ddim_invert(predictor: NoisePredictor, x0: Tensor, t_end: int, *, step: int 
 
 
 @torch.no_grad()
-def ddim_sample(predictor: NoisePredictor, x_t: Tensor, t_start: int, *, step: int = 100,
-                guidance_scale: float = 1.0, offset: int = 1) -> Tensor:
+def ddim_sample(
+    predictor: NoisePredictor,
+    x_t: Tensor,
+    t_start: int,
+    *,
+    step: int = 100,
+    guidance_scale: float = 1.0,
+    offset: int = 1,
+) -> Tensor:
     """Deterministic DDIM sampling (η = 0) from ``x_t`` at ``t_start`` to the clean x0.
 
     Visits the same timesteps as :func:`ddim_invert` in reverse, so on a fine grid the
@@ -128,8 +142,9 @@ def ddim_sample(predictor: NoisePredictor, x_t: Tensor, t_start: int, *, step: i
     return x
 
 
-def annealed_timestep(step: int, total_steps: int, t_max: float = 0.98, t_min: float = 0.02,
-                      num_train_timesteps: int = 1000) -> int:
+def annealed_timestep(
+    step: int, total_steps: int, t_max: float = 0.98, t_min: float = 0.02, num_train_timesteps: int = 1000
+) -> int:
     """Deterministic timestep schedule of SDI: linear from ``t_max·T`` to ``t_min·T``.
 
     t = T·(t_min + (t_max − t_min)·(1 − step/total)). The paper's 2D experiment uses
@@ -178,11 +193,19 @@ class ScoreDistillation:
             for benchmarks; by default nothing.
     """
 
-    def __init__(self, predictor: NoisePredictor, method: Method = "sdi", *,
-                 guidance_scale: float = 7.5, inversion_guidance_scale: float = -7.5,
-                 inversion_step: int = 100, inversion_eta: float = 0.3,
-                 step_offset: int = 1, delta_generator: torch.Generator | None = None,
-                 stage: StageHook = no_stage) -> None:
+    def __init__(
+        self,
+        predictor: NoisePredictor,
+        method: Method = "sdi",
+        *,
+        guidance_scale: float = 7.5,
+        inversion_guidance_scale: float = -7.5,
+        inversion_step: int = 100,
+        inversion_eta: float = 0.3,
+        step_offset: int = 1,
+        delta_generator: torch.Generator | None = None,
+        stage: StageHook = no_stage,
+    ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
         if inversion_step < 1:
@@ -206,8 +229,9 @@ class ScoreDistillation:
             raise ValueError(f"timestep t={t} out of range [1, {self.num_train_timesteps - 1}]")
 
     @torch.no_grad()
-    def noisy_latent(self, x0: Tensor, t: int, generator: torch.Generator | None = None,
-                     noise: Tensor | None = None) -> tuple[Tensor, Tensor, int]:
+    def noisy_latent(
+        self, x0: Tensor, t: int, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, int]:
         """(x_noisy, ε, t_noisy): how the method puts noise on x0 before denoising at t."""
         self._check_t(t)
         a = self.predictor.alphas_cumprod
@@ -217,21 +241,36 @@ class ScoreDistillation:
             return a_t.sqrt() * x0 + (1 - a_t).sqrt() * eps, eps, t
         # SDI (paper, Sec. 4): invert along the grid below t, then hop to t + δ.
         gen_delta = self.delta_generator if self.delta_generator is not None else generator
-        delta = int(torch.randint(0, self.inversion_step, (1,), generator=gen_delta,
-                                  device=gen_delta.device if gen_delta is not None else "cpu").item())
+        delta = int(
+            torch.randint(
+                0,
+                self.inversion_step,
+                (1,),
+                generator=gen_delta,
+                device=gen_delta.device if gen_delta is not None else "cpu",
+            ).item()
+        )
         t_noisy = min(t + delta, self.num_train_timesteps - 1)
         with self.stage("inversion"):
-            x_noisy = ddim_invert(self.predictor, x0, t_noisy, step=self.inversion_step,
-                                  guidance_scale=self.inversion_guidance_scale,
-                                  eta=self.inversion_eta, generator=generator,
-                                  grid_limit=t, offset=self.step_offset)
+            x_noisy = ddim_invert(
+                self.predictor,
+                x0,
+                t_noisy,
+                step=self.inversion_step,
+                guidance_scale=self.inversion_guidance_scale,
+                eta=self.inversion_eta,
+                generator=generator,
+                grid_limit=t,
+                offset=self.step_offset,
+            )
         a_n = alpha_bar(a, t_noisy, x0)
         eps = (x_noisy - a_n.sqrt() * x0) / (1 - a_n).sqrt()
         return x_noisy, eps, t_noisy
 
     @torch.no_grad()
-    def step(self, x0: Tensor, t: int, generator: torch.Generator | None = None,
-             noise: Tensor | None = None) -> DistillationStep:
+    def step(
+        self, x0: Tensor, t: int, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> DistillationStep:
         """Noise x0 by the method, then denoise in one step at t with the guided model.
 
         ``noise`` forces a given ε (then both methods reduce to SDS with that noise).
@@ -244,13 +283,15 @@ class ScoreDistillation:
         target = predict_x0(x_noisy, eps_hat, alpha_bar(self.predictor.alphas_cumprod, t, x0))
         return DistillationStep(target=target, x_noisy=x_noisy, noise=eps, t=t, t_noisy=t_noisy)
 
-    def target(self, x0: Tensor, t: int, generator: torch.Generator | None = None,
-               noise: Tensor | None = None) -> Tensor:
+    def target(
+        self, x0: Tensor, t: int, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> Tensor:
         """Denoised x̂0 that x0 is pulled toward (no grad); the loss is 0.5·‖x0 − target‖² up to scale."""
         return self.step(x0, t, generator, noise).target
 
-    def loss(self, x0: Tensor, t: int, generator: torch.Generator | None = None,
-             noise: Tensor | None = None) -> tuple[Tensor, DistillationStep]:
+    def loss(
+        self, x0: Tensor, t: int, generator: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, DistillationStep]:
         """Differentiable 0.5·mean((x0 − x̂0)²) / B, as the official implementation.
 
         Its gradient w.r.t. x0 is (x0 − x̂0) / (numel·B): the direction of the paper's

@@ -19,10 +19,16 @@ def quiet_hf_logging() -> None:
 # The files a Stable-Diffusion-family repository needs here: full-precision safetensors
 # only (repos also carry .bin, fp16 variants and multi-GB single-file checkpoints).
 MODEL_FILES = [
-    "model_index.json", "scheduler/*", "tokenizer/*", "*/config.json",
-    "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-    "text_encoder/model.safetensors", "*.safetensors.index.json",
-    "*/diffusion_pytorch_model-0*.safetensors", "*/model-0*.safetensors",
+    "model_index.json",
+    "scheduler/*",
+    "tokenizer/*",
+    "*/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/model.safetensors",
+    "*.safetensors.index.json",
+    "*/diffusion_pytorch_model-0*.safetensors",
+    "*/model-0*.safetensors",
 ]
 
 
@@ -37,8 +43,9 @@ def unavailable(model_id: str, what: str, alternatives: str = MODEL_ALTERNATIVES
     )
 
 
-def fetch_model(model_id: str, source: str, allow_patterns: list[str] | None = None,
-                alternatives: str = MODEL_ALTERNATIVES) -> str:
+def fetch_model(
+    model_id: str, source: str, allow_patterns: list[str] | None = None, alternatives: str = MODEL_ALTERNATIVES
+) -> str:
     """A local directory holding the model: ``source`` itself, or its Hugging Face cache snapshot.
 
     ``snapshot_download`` honours the HF cache and ``HF_HUB_OFFLINE`` and downloads only
@@ -53,5 +60,4 @@ def fetch_model(model_id: str, source: str, allow_patterns: list[str] | None = N
     try:
         return snapshot_download(source, allow_patterns=allow_patterns or MODEL_FILES)
     except (OSError, ValueError, HfHubHTTPError) as exc:
-        raise unavailable(model_id, "not in the Hugging Face cache and not downloadable",
-                           alternatives) from exc
+        raise unavailable(model_id, "not in the Hugging Face cache and not downloadable", alternatives) from exc

@@ -29,9 +29,12 @@ def check_model_name(model: str, hint: str = "", builtins: tuple[str, ...] = BUI
         return
     if _HUB_ID.match(model) and not model.startswith("."):
         return
-    raise UserError(f"model path '{model}' does not exist",
-                    hint=hint or "give a diffusers model directory, a hub id such as "
-                                 "stabilityai/stable-diffusion-2-1-base, 'tiny' or 'toyworld'")
+    raise UserError(
+        f"model path '{model}' does not exist",
+        hint=hint
+        or "give a diffusers model directory, a hub id such as "
+        "stabilityai/stable-diffusion-2-1-base, 'tiny' or 'toyworld'",
+    )
 
 
 def resolve_model_source(model: str) -> str:

@@ -53,8 +53,10 @@ class SpeedConfig:
 
     def validate(self) -> None:
         if self.compile_unet not in ("auto", "off", *COMPILE_MODES):
-            raise UserError(f"unknown compile mode '{self.compile_unet}'",
-                            hint=f"choose auto, off or one of {', '.join(COMPILE_MODES)}")
+            raise UserError(
+                f"unknown compile mode '{self.compile_unet}'",
+                hint=f"choose auto, off or one of {', '.join(COMPILE_MODES)}",
+            )
 
     def compile_mode(self, device: torch.device) -> str | None:
         """The torch.compile mode to use on ``device``, or None for none."""
@@ -97,8 +99,9 @@ def _load_components(model_id: str, folder: str, dtype: torch.dtype) -> dict:
 class StableDiffusionPrior:
     """A frozen Stable-Diffusion-family model: text encoder, UNet, VAE and ᾱ schedule."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, model: str = DEFAULT_MODEL, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
         self.model_id = model
         self.device = torch.device(device) if device is not None else default_device()
         self.dtype = dtype or default_dtype(self.device)
@@ -134,19 +137,25 @@ class StableDiffusionPrior:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
         """[N, L, D] last hidden states of the text encoder, padded to its max length."""
-        ids = self.tokenizer(texts, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt").input_ids
+        ids = self.tokenizer(
+            texts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         return self.text_encoder(ids.to(self.device))[0]
 
-    def encode_prompt(self, prompt: str, negative_prompt: str = "",
-                      options: PromptOptions | None = None) -> PromptEmbeddings:
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str = "", options: PromptOptions | None = None
+    ) -> PromptEmbeddings:
         """Encode the prompt, the negative prompt and the view prompts in one batch."""
         emb = self.encode_text([prompt, negative_prompt, *view_prompts(prompt)])
-        return PromptEmbeddings(prompt=emb[:1], negative=emb[1:2], views=emb[2:],
-                                options=options or PromptOptions())
+        return PromptEmbeddings(prompt=emb[:1], negative=emb[1:2], views=emb[2:], options=options or PromptOptions())
 
-    def predictor(self, embeddings: PromptEmbeddings, elevation_deg: Tensor | None = None,
-                  azimuth_deg: Tensor | None = None) -> GuidedPredictor:
+    def predictor(
+        self, embeddings: PromptEmbeddings, elevation_deg: Tensor | None = None, azimuth_deg: Tensor | None = None
+    ) -> GuidedPredictor:
         """A noise predictor for the prompt; with cameras, view-dependent and Perp-Neg as set."""
         return GuidedPredictor(self, embeddings, elevation_deg, azimuth_deg)
 
@@ -198,8 +207,9 @@ class StableDiffusionPrior:
             out = self._compiled(x, t, encoder_hidden_states=text, return_dict=False)[0]
         except Exception as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            logger.warning("torch.compile of the UNet failed (%s: %s); running it uncompiled",
-                           type(exc).__name__, first)
+            logger.warning(
+                "torch.compile of the UNet failed (%s: %s); running it uncompiled", type(exc).__name__, first
+            )
             self._compiled = None
             return None
         # A CUDA graph's output buffer is overwritten by the next replay: keep a copy.
@@ -226,8 +236,13 @@ class GuidedPredictor:
     for plain CFG, [cond, uncond, neg₁, neg₂] with Perp-Neg.
     """
 
-    def __init__(self, prior: StableDiffusionPrior, emb: PromptEmbeddings,
-                 elevation_deg: Tensor | None, azimuth_deg: Tensor | None) -> None:
+    def __init__(
+        self,
+        prior: StableDiffusionPrior,
+        emb: PromptEmbeddings,
+        elevation_deg: Tensor | None,
+        azimuth_deg: Tensor | None,
+    ) -> None:
         self.prior = prior
         self.alphas_cumprod = prior.alphas_cumprod
         self.neg_weights: Tensor | None = None
@@ -257,8 +272,9 @@ class GuidedPredictor:
         b, k = x_t.shape[0], len(self.text)
         text = torch.cat([e.expand(b, -1, -1) if e.shape[0] == 1 else e for e in self.text])
         if text.shape[0] != k * b:
-            raise ValueError(f"latent batch {b} does not match the {text.shape[0] // k} cameras "
-                             "this predictor was made for")
+            raise ValueError(
+                f"latent batch {b} does not match the {text.shape[0] // k} cameras this predictor was made for"
+            )
         eps = self.prior.unet_eps(torch.cat([x_t] * k), torch.cat([t] * k), text).float()
         eps_cond, eps_uncond, *eps_negs = eps.chunk(k)
         return guided_noise(eps_cond, eps_uncond, guidance_scale, eps_negs, self.neg_weights).to(x_t.dtype)

@@ -109,8 +109,13 @@ def perpendicular_component(x: Tensor, y: Tensor) -> Tensor:
     return x - scale * y
 
 
-def guided_noise(eps_cond: Tensor, eps_uncond: Tensor, scale: float,
-                 eps_negs: list[Tensor] | None = None, neg_weights: Tensor | None = None) -> Tensor:
+def guided_noise(
+    eps_cond: Tensor,
+    eps_uncond: Tensor,
+    scale: float,
+    eps_negs: list[Tensor] | None = None,
+    neg_weights: Tensor | None = None,
+) -> Tensor:
     """Classifier-free guidance in the official SDI implementation's two conventions.
 
     * Perp-Neg (``neg_weights`` [B, K] given, one ε per negative in ``eps_negs``):

@@ -21,9 +21,14 @@ from ..util.cache import cached_build
 TINY_MODEL_VERSION = 1
 TINY_SEED = 0
 SD_SCHEDULER = {
-    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-    "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False,
-    "steps_offset": 1, "prediction_type": "epsilon",
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
 }
 """Stable Diffusion 2.1-base's DDIM scheduler config (scaled-linear betas, 1000 steps, leading
 spacing): the tiny model's and the toy world's noise schedule."""
@@ -36,8 +41,7 @@ def tiny_model_path() -> Path:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """CLIP/GPT-2's reversible byte -> printable-unicode table for byte-level BPE."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -105,18 +109,20 @@ def build_tiny_pipeline(folder: Path) -> None:
         sample_size=64,
         scaling_factor=0.18215,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=32,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            projection_dim=32,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
     scheduler = DDIMScheduler(**SD_SCHEDULER)
     unet.save_pretrained(folder / "unet")
     vae.save_pretrained(folder / "vae")

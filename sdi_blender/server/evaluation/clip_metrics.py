@@ -38,8 +38,14 @@ TINY_CLIP_SIZE = 32
 
 # What CLIPModel, its tokenizer and its image processor read: no .bin, TF or Flax weights.
 CLIP_FILES = [
-    "config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-    "vocab.json", "merges.txt", "special_tokens_map.json", "model.safetensors",
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+    "model.safetensors",
 ]
 _ALTERNATIVES = "pass --clip with a local CLIP directory, or --clip tiny to test offline"
 
@@ -54,23 +60,39 @@ def build_tiny_clip(folder: Path) -> None:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     vocab_size = write_tiny_tokenizer(folder)
-    text = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=77, bos_token_id=vocab_size - 2,
-                eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    vision = dict(image_size=TINY_CLIP_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
-                  num_hidden_layers=2, num_attention_heads=2)
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    vision = dict(
+        image_size=TINY_CLIP_SIZE,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+    )
     with torch.random.fork_rng(devices=[]):  # a fixed seed without disturbing the caller's RNG
         torch.manual_seed(TINY_SEED)
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     model.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": TINY_CLIP_SIZE},
-                       crop_size={"height": TINY_CLIP_SIZE, "width": TINY_CLIP_SIZE}).save_pretrained(folder)
+    CLIPImageProcessor(
+        size={"shortest_edge": TINY_CLIP_SIZE}, crop_size={"height": TINY_CLIP_SIZE, "width": TINY_CLIP_SIZE}
+    ).save_pretrained(folder)
 
 
 def resolve_clip_folder(model: str) -> str:
     """A local directory holding the CLIP ``model``: built (tiny), given, or fetched from the hub."""
-    check_model_name(model, hint="give a CLIP model directory, a hub id such as "
-                                 f"{DEFAULT_CLIP}, or 'tiny'", builtins=(TINY,))
+    check_model_name(
+        model, hint=f"give a CLIP model directory, a hub id such as {DEFAULT_CLIP}, or 'tiny'", builtins=(TINY,)
+    )
     if model == TINY:
         return str(tiny_clip_path())
     path = Path(model).expanduser()
@@ -100,8 +122,7 @@ class ClipJudge:
             self.tokenizer = CLIPTokenizer.from_pretrained(folder, **kw)
             clip = CLIPModel.from_pretrained(folder, dtype=torch.float32, **kw)
         except (OSError, ValueError) as exc:
-            raise unavailable(model, f"its files in '{folder}' are incomplete or unreadable",
-                               _ALTERNATIVES) from exc
+            raise unavailable(model, f"its files in '{folder}' are incomplete or unreadable", _ALTERNATIVES) from exc
         self.model = clip.to(self.device).eval().requires_grad_(False)
 
     @property
@@ -111,15 +132,15 @@ class ClipJudge:
 
     @torch.no_grad()
     def _embed(self, items: list[Any], encode: Callable[[list[Any]], Tensor]) -> Tensor:
-        feats = [_pooled(encode(items[i:i + BATCH_SIZE])).float().cpu()
-                 for i in range(0, len(items), BATCH_SIZE)]
+        feats = [_pooled(encode(items[i : i + BATCH_SIZE])).float().cpu() for i in range(0, len(items), BATCH_SIZE)]
         return F.normalize(torch.cat(feats), dim=-1)
 
     def _encode_images(self, images: list[Tensor]) -> Any:
         # The checkpoint's own processor: resize the short side, centre crop, CLIP mean/std.
         # The inputs are already in [0, 1], so no 1/255 rescale.
-        pixels = self.processor(images=images, do_rescale=False, input_data_format="channels_first",
-                                return_tensors="pt")["pixel_values"]
+        pixels = self.processor(
+            images=images, do_rescale=False, input_data_format="channels_first", return_tensors="pt"
+        )["pixel_values"]
         return self.model.get_image_features(pixel_values=pixels.to(self.device))
 
     def _encode_texts(self, texts: list[str]) -> Any:

@@ -61,13 +61,24 @@ class RunEval:
 
     def summary(self) -> dict[str, Any]:
         """The run as metrics.json lists it."""
-        return {"run": str(self.run), "label": self.label, "prompt": self.prompt, "method": self.method,
-                "seed": self.seed, "step": self.step, "diverged": bool(self.diverged),
-                "diverged_reason": self.diverged, "clip_score": _mean(self.clip_score),
-                "clip_iqa": _mean(self.clip_iqa), "opacity": _mean(self.opacity), **self.truth,
-                "views": [{"view": i, "azimuth_deg": 360.0 * i / len(self.views), "clip_score": c,
-                           "clip_iqa": q, "opacity": o}
-                          for i, (c, q, o) in enumerate(zip(self.clip_score, self.clip_iqa, self.opacity))]}
+        return {
+            "run": str(self.run),
+            "label": self.label,
+            "prompt": self.prompt,
+            "method": self.method,
+            "seed": self.seed,
+            "step": self.step,
+            "diverged": bool(self.diverged),
+            "diverged_reason": self.diverged,
+            "clip_score": _mean(self.clip_score),
+            "clip_iqa": _mean(self.clip_iqa),
+            "opacity": _mean(self.opacity),
+            **self.truth,
+            "views": [
+                {"view": i, "azimuth_deg": 360.0 * i / len(self.views), "clip_score": c, "clip_iqa": q, "opacity": o}
+                for i, (c, q, o) in enumerate(zip(self.clip_score, self.clip_iqa, self.opacity))
+            ],
+        }
 
 
 def evaluate_run(run: Path, judge: ClipJudge, views: int, size: int, device: torch.device) -> RunEval:
@@ -82,23 +93,43 @@ def evaluate_run(run: Path, judge: ClipJudge, views: int, size: int, device: tor
     batch = torch.stack(images)
     history = list(state.get("history", []))
     truth = run_view_scores(config, outs) if config.model == TOYWORLD else {}
-    return RunEval(truth=truth, run=run, prompt=config.prompt, method=config.method, seed=config.seed, step=step,
-                   clip_score=judge.clip_score(batch, config.prompt).tolist(),
-                   clip_iqa=judge.clip_iqa(batch).tolist(), opacity=opacity,
-                   diverged=divergence(run, renderer, opacity, history), views=images, history=history)
+    return RunEval(
+        truth=truth,
+        run=run,
+        prompt=config.prompt,
+        method=config.method,
+        seed=config.seed,
+        step=step,
+        clip_score=judge.clip_score(batch, config.prompt).tolist(),
+        clip_iqa=judge.clip_iqa(batch).tolist(),
+        opacity=opacity,
+        diverged=divergence(run, renderer, opacity, history),
+        views=images,
+        history=history,
+    )
 
 
 def _stopped_before_checkpoint(run: Path, views: int, size: int) -> RunEval:
     """A run the trainer stopped (NaN) before its first checkpoint: diverged, nothing to render."""
     config = TrainConfig.from_json((run / run_dir.CONFIG).read_text(encoding="utf-8"))
     blank, nan = [torch.zeros(3, size, size)] * views, [float("nan")] * views
-    return RunEval(run=run, prompt=config.prompt, method=config.method, seed=config.seed, step=0,
-                   clip_score=nan, clip_iqa=nan, opacity=nan, views=blank,
-                   diverged="loss became NaN/inf before the first checkpoint")
+    return RunEval(
+        run=run,
+        prompt=config.prompt,
+        method=config.method,
+        seed=config.seed,
+        step=0,
+        clip_score=nan,
+        clip_iqa=nan,
+        opacity=nan,
+        views=blank,
+        diverged="loss became NaN/inf before the first checkpoint",
+    )
 
 
-def divergence(run: Path, renderer: VolumeRenderer, opacity: Sequence[float],
-               history: Sequence[dict[str, float]]) -> str:
+def divergence(
+    run: Path, renderer: VolumeRenderer, opacity: Sequence[float], history: Sequence[dict[str, float]]
+) -> str:
     """Why the run diverged (see the module doc), or "" when it did not."""
     state = run_dir.read_state(run)
     if state.get("status") == "failed" and "NaN" in state.get("message", ""):
@@ -115,15 +146,22 @@ def divergence(run: Path, renderer: VolumeRenderer, opacity: Sequence[float],
     return ""
 
 
-def evaluate(runs: Sequence[Path], clip: str, views: int = 8, size: int = 256,
-             device: str | torch.device = "cpu", progress: Any = None) -> list[RunEval]:
+def evaluate(
+    runs: Sequence[Path],
+    clip: str,
+    views: int = 8,
+    size: int = 256,
+    device: str | torch.device = "cpu",
+    progress: Any = None,
+) -> list[RunEval]:
     """Evaluate every run with one CLIP; a folder that is not a run is a one-line error."""
     if views < 1 or size < 16:
         raise UserError(f"need at least 1 view of at least 16 px, got {views} views of {size} px")
     missing = [str(r) for r in runs if not _evaluable(Path(r))]
     if missing:
-        raise UserError(f"not a run with a checkpoint: {', '.join(missing[:3])}",
-                        hint="pass the folders sdi-blender generate wrote")
+        raise UserError(
+            f"not a run with a checkpoint: {', '.join(missing[:3])}", hint="pass the folders sdi-blender generate wrote"
+        )
     device = torch.device(device)
     judge = ClipJudge(clip, device=device)
     results = []
@@ -150,11 +188,18 @@ def group_summary(results: Sequence[RunEval]) -> list[dict[str, Any]]:
     out = []
     for (prompt, method), members in groups.items():
         ok = [r for r in members if not r.diverged]
-        out.append({"prompt": prompt, "method": method, "runs": len(members),
-                    "diverged": len(members) - len(ok), "diverged_share": 1 - len(ok) / len(members),
-                    "clip_score": _mean([v for r in ok for v in r.clip_score]),
-                    "clip_iqa": _mean([v for r in ok for v in r.clip_iqa]),
-                    **{k: _mean([r.truth[k] for r in ok]) for k in (ok[0].truth if ok else {})}})
+        out.append(
+            {
+                "prompt": prompt,
+                "method": method,
+                "runs": len(members),
+                "diverged": len(members) - len(ok),
+                "diverged_share": 1 - len(ok) / len(members),
+                "clip_score": _mean([v for r in ok for v in r.clip_score]),
+                "clip_iqa": _mean([v for r in ok for v in r.clip_iqa]),
+                **{k: _mean([r.truth[k] for r in ok]) for k in (ok[0].truth if ok else {})},
+            }
+        )
     return out
 
 

@@ -29,8 +29,7 @@ def check_report_dir(out: Path) -> None:
         raise UserError(f"'{out}' exists and is not an evaluation report", hint="choose another --out")
 
 
-def write_report(results: Sequence[RunEval], groups: list[dict[str, Any]], out: Path,
-                 settings: dict[str, Any]) -> None:
+def write_report(results: Sequence[RunEval], groups: list[dict[str, Any]], out: Path, settings: dict[str, Any]) -> None:
     """Write the report folder ``out`` (replacing an earlier report there)."""
     check_report_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -53,8 +52,9 @@ def _swap_in(stage: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_all(results: Sequence[RunEval], groups: list[dict[str, Any]], folder: Path,
-               settings: dict[str, Any]) -> None:
+def _write_all(
+    results: Sequence[RunEval], groups: list[dict[str, Any]], folder: Path, settings: dict[str, Any]
+) -> None:
     metrics = {"settings": settings, "groups": groups, "runs": [r.summary() for r in results]}
     (folder / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2), encoding="utf-8")
     _write_csv(results, folder / "metrics.csv")
@@ -71,12 +71,14 @@ def _write_all(results: Sequence[RunEval], groups: list[dict[str, Any]], folder:
 def _write_csv(results: Sequence[RunEval], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["run", "prompt", "method", "seed", "step", "view", "clip_score", "clip_iqa",
-                         "opacity", "diverged"])
+        writer.writerow(
+            ["run", "prompt", "method", "seed", "step", "view", "clip_score", "clip_iqa", "opacity", "diverged"]
+        )
         for r in results:
             for i, (c, q, o) in enumerate(zip(r.clip_score, r.clip_iqa, r.opacity)):
-                writer.writerow([str(r.run), r.prompt, r.method, r.seed, r.step, i, f"{c:.4f}", f"{q:.4f}",
-                                 f"{o:.4f}", r.diverged])
+                writer.writerow(
+                    [str(r.run), r.prompt, r.method, r.seed, r.step, i, f"{c:.4f}", f"{q:.4f}", f"{o:.4f}", r.diverged]
+                )
 
 
 def contact_sheet(results: Sequence[RunEval]):
@@ -93,28 +95,35 @@ def _html(results: Sequence[RunEval], groups: list[dict[str, Any]], settings: di
     esc = html.escape
     rows = []
     for k, r in enumerate(results):
-        cells = "".join(f'<td><img src="views/run{k}_view{i}.png"><br>CLIP {_fmt(c)} · IQA {_fmt(q, 3)}</td>'
-                        for i, (c, q) in enumerate(zip(r.clip_score, r.clip_iqa)))
+        cells = "".join(
+            f'<td><img src="views/run{k}_view{i}.png"><br>CLIP {_fmt(c)} · IQA {_fmt(q, 3)}</td>'
+            for i, (c, q) in enumerate(zip(r.clip_score, r.clip_iqa))
+        )
         curve = f'<img class="curve" src="views/run{k}_loss.png">' if r.history else ""
         status = f'<b class="bad">diverged: {esc(r.diverged)}</b>' if r.diverged else "ok"
-        rows.append(f"<tr><th>{esc(r.label)}<br><small>{esc(r.prompt)}</small><br>step {r.step} · {status}"
-                    f"<br>CLIP {_fmt(r.summary()['clip_score'])} · IQA {_fmt(r.summary()['clip_iqa'], 3)}"
-                    f"</th>{cells}<td>{curve}</td></tr>")
-    summary = "".join(f"<tr><td>{esc(g['prompt'])}</td><td>{g['method'].upper()}</td><td>{g['runs']}</td>"
-                      f"<td>{g['diverged_share']:.0%}</td><td>{_fmt(g['clip_score'])}</td>"
-                      f"<td>{_fmt(g['clip_iqa'], 3)}</td></tr>" for g in groups)
+        rows.append(
+            f"<tr><th>{esc(r.label)}<br><small>{esc(r.prompt)}</small><br>step {r.step} · {status}"
+            f"<br>CLIP {_fmt(r.summary()['clip_score'])} · IQA {_fmt(r.summary()['clip_iqa'], 3)}"
+            f"</th>{cells}<td>{curve}</td></tr>"
+        )
+    summary = "".join(
+        f"<tr><td>{esc(g['prompt'])}</td><td>{g['method'].upper()}</td><td>{g['runs']}</td>"
+        f"<td>{g['diverged_share']:.0%}</td><td>{_fmt(g['clip_score'])}</td>"
+        f"<td>{_fmt(g['clip_iqa'], 3)}</td></tr>"
+        for g in groups
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>SDI evaluation</title>
 <style>body{{font-family:sans-serif}} td,th{{padding:4px;text-align:center;vertical-align:top;font-size:12px}}
 img{{width:160px;image-rendering:pixelated}} img.curve{{width:320px}} .bad{{color:#b00}}</style></head><body>
 <h1>Evaluation</h1>
-<p>CLIP {esc(str(settings.get('clip')))}, {settings.get('views')} views of {settings.get('size')} px at the
+<p>CLIP {esc(str(settings.get("clip")))}, {settings.get("views")} views of {settings.get("size")} px at the
 evaluation camera. CLIP score: 100 · max(cos, 0) against the run's prompt; IQA: CLIP-IQA probability of
 "Good photo." over "Bad photo.". Means leave diverged runs out.</p>
 <table border="1"><tr><th>prompt</th><th>method</th><th>runs</th><th>diverged</th><th>CLIP score</th>
 <th>CLIP-IQA</th></tr>{summary}</table>
 <h2>Runs, view by view</h2>
-<table border="1">{''.join(rows)}</table>
+<table border="1">{"".join(rows)}</table>
 </body></html>
 """
 

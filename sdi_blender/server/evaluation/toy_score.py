@@ -81,8 +81,11 @@ def blender_mesh_scores(mesh, colours: np.ndarray, obj: ToyObject) -> dict:
     inside = mesh.contains(grid)
     iou = float((truth & inside).sum() / max((truth | inside).sum(), 1))
     verts = np.asarray(mesh.vertices)
-    return {"iou": iou, "feature_angle_deg": _feature_angle(mesh, verts, colours, obj),
-            "colour_error": _colour_errors(verts, colours, obj)}
+    return {
+        "iou": iou,
+        "feature_angle_deg": _feature_angle(mesh, verts, colours, obj),
+        "colour_error": _colour_errors(verts, colours, obj),
+    }
 
 
 def _feature_angle(mesh, verts: np.ndarray, colours: np.ndarray, obj: ToyObject) -> float:
@@ -100,7 +103,7 @@ def _feature_angle(mesh, verts: np.ndarray, colours: np.ndarray, obj: ToyObject)
 
 def _colour_errors(verts: np.ndarray, colours: np.ndarray, obj: ToyObject) -> dict[str, float]:
     world = world_from_blender(verts)
-    dist = np.stack([part_distance(p, world) for p in obj.parts])             # [P, V]
+    dist = np.stack([part_distance(p, world) for p in obj.parts])  # [P, V]
     errors = {}
     for i, part in enumerate(obj.parts):
         # Surface near this part and nearer to it than to any other part.
@@ -156,6 +159,10 @@ def score_run(run: Path, views: int = 8, size: int = 64) -> dict:
     result = export_run(run, ExportSettings(**TOY_EXPORT), device="cpu")
     renderer, config, _, _ = load_renderer(run, torch.device("cpu"))
     outs = render_views(renderer, turntable_cameras(views, size, size, config.cameras))
-    return {"prompt": config.prompt, "method": config.method,
-            **mesh_scores(result.files["mesh"], toy_object(config.prompt)),
-            **run_view_scores(config, outs), "export_seconds": result.info["seconds"]["total"]}
+    return {
+        "prompt": config.prompt,
+        "method": config.method,
+        **mesh_scores(result.files["mesh"], toy_object(config.prompt)),
+        **run_view_scores(config, outs),
+        "export_seconds": result.info["seconds"]["total"],
+    }

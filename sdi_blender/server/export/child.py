@@ -34,8 +34,14 @@ class _Stop(Exception):
     pass
 
 
-def export_in_child(run: Path, settings: ExportSettings, device: str, cancel: Any,
-                    export_fn: Callable[..., ExportResult] = export_run, poll_s: float = 0.1) -> ExportResult:
+def export_in_child(
+    run: Path,
+    settings: ExportSettings,
+    device: str,
+    cancel: Any,
+    export_fn: Callable[..., ExportResult] = export_run,
+    poll_s: float = 0.1,
+) -> ExportResult:
     """Run ``export_fn(run, settings, device, progress)`` in a fresh process.
 
     ``cancel``: a ``threading.Event``-like flag checked every ``poll_s``; ``export_fn`` must be
@@ -44,8 +50,9 @@ def export_in_child(run: Path, settings: ExportSettings, device: str, cancel: An
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(export_fn, run, settings, device, stop, send),
-                        name="sdi-export", daemon=True)
+    child = ctx.Process(
+        target=_child, args=(export_fn, run, settings, device, stop, send), name="sdi-export", daemon=True
+    )
     child.start()
     send.close()  # ours: only the child writes, so a dead child reads as EOF
     try:
@@ -85,8 +92,9 @@ def _how(exitcode: int | None) -> str:
     return f"signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
 
 
-def _child(export_fn: Callable[..., ExportResult], run: Path, settings: ExportSettings, device: str,
-           stop: Any, send: Any) -> None:
+def _child(
+    export_fn: Callable[..., ExportResult], run: Path, settings: ExportSettings, device: str, stop: Any, send: Any
+) -> None:
     def progress(stage: str, fraction: float) -> None:
         if stop.is_set():
             raise _Stop
@@ -106,6 +114,8 @@ def _other_error(exc: Exception) -> tuple[str, Any]:
     import torch
 
     if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return ("user_error", ("out_of_memory", f"out of memory: {exc}".splitlines()[0],
-                               "lower the mesh resolution or texture size"))
+        return (
+            "user_error",
+            ("out_of_memory", f"out of memory: {exc}".splitlines()[0], "lower the mesh resolution or texture size"),
+        )
     return ("error", traceback.format_exc())

@@ -112,8 +112,10 @@ def auto_threshold(grid: np.ndarray) -> tuple[float, str]:
 
 
 def _flat_field_message(grid: np.ndarray) -> str:
-    return (f"the density field is empty (constant {float(grid.reshape(-1)[0]):.3g} everywhere); "
-            "there is no surface to mesh")
+    return (
+        f"the density field is empty (constant {float(grid.reshape(-1)[0]):.3g} everywhere); "
+        "there is no surface to mesh"
+    )
 
 
 def _no_surface_error(grid: np.ndarray, threshold: float) -> UserError:
@@ -153,8 +155,7 @@ def extract_mesh(
 
     dropped = 0
     if min_component_fraction > 0 and len(mesh.faces):
-        pieces = trimesh.graph.connected_components(
-            mesh.face_adjacency, nodes=np.arange(len(mesh.faces)), min_len=1)
+        pieces = trimesh.graph.connected_components(mesh.face_adjacency, nodes=np.arange(len(mesh.faces)), min_len=1)
         sizes = np.array([len(p) for p in pieces])
         keep = sizes >= min_component_fraction * sizes.max()
         dropped = int((~keep).sum())

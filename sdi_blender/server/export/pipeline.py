@@ -79,15 +79,18 @@ class ExportResult:
 def _albedo_fn(field: ImplicitVolume, device: torch.device, chunk: int = 1 << 16):
     @torch.no_grad()
     def colour(points: np.ndarray) -> np.ndarray:
-        out = [field(torch.as_tensor(points[s:s + chunk], dtype=torch.float32, device=device)).albedo
-               for s in range(0, len(points), chunk)]
+        out = [
+            field(torch.as_tensor(points[s : s + chunk], dtype=torch.float32, device=device)).albedo
+            for s in range(0, len(points), chunk)
+        ]
         return torch.cat(out).clamp(0, 1).cpu().numpy() if out else np.zeros((0, 3), np.float32)
 
     return colour
 
 
-def export_run(run: Path, settings: ExportSettings, device: str = "auto",
-               progress: ProgressFn | None = None) -> ExportResult:
+def export_run(
+    run: Path, settings: ExportSettings, device: str = "auto", progress: ProgressFn | None = None
+) -> ExportResult:
     """Export the run in ``run`` to ``run/export/`` (replacing an earlier export)."""
     settings.validate()
     progress = progress or (lambda stage, frac: None)
@@ -95,28 +98,48 @@ def export_run(run: Path, settings: ExportSettings, device: str = "auto",
     t0 = time.perf_counter()
     field, config, step, _ = load_field(run, dev)
     progress("load", 1.0)
-    mesh, mesh_info = build_mesh(lambda x: field.density(x), MeshSettings(
-        resolution=settings.resolution, threshold=settings.threshold, faces=settings.faces,
-        bounds=config.field.radius), dev, progress)
+    mesh, mesh_info = build_mesh(
+        lambda x: field.density(x),
+        MeshSettings(
+            resolution=settings.resolution,
+            threshold=settings.threshold,
+            faces=settings.faces,
+            bounds=config.field.radius,
+        ),
+        dev,
+        progress,
+    )
     verts, faces, uvs, image, tex_info = bake_texture(
-        np.asarray(mesh.vertices), np.asarray(mesh.faces), _albedo_fn(field, dev),
-        settings.texture_size, progress)
+        np.asarray(mesh.vertices), np.asarray(mesh.faces), _albedo_fn(field, dev), settings.texture_size, progress
+    )
     t_write = time.perf_counter()
-    info = {"run": str(run), "step": step, "prompt": config.prompt, "settings": asdict(settings),
-            **mesh_info, **tex_info, "vertices": int(len(verts)), "faces": int(len(faces))}
+    info = {
+        "run": str(run),
+        "step": step,
+        "prompt": config.prompt,
+        "settings": asdict(settings),
+        **mesh_info,
+        **tex_info,
+        "vertices": int(len(verts)),
+        "faces": int(len(faces)),
+    }
     files = _write_atomically(run, verts, faces, uvs, image, settings.format, info, t_write, t0)
     progress("write", 1.0)
     return ExportResult(files, json.loads(files["info"].read_text()))
 
 
-def _write_atomically(run: Path, verts, faces, uvs, image, fmt: str, info: dict,
-                      t_write: float, t0: float) -> dict[str, Path]:
+def _write_atomically(
+    run: Path, verts, faces, uvs, image, fmt: str, info: dict, t_write: float, t0: float
+) -> dict[str, Path]:
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=run))
     target, old = run / EXPORT_DIR, run / f".old{staging.name}"
     try:
         names = write_mesh(staging, verts @ TO_GLTF.T, faces, uvs, image, fmt)
-        info["seconds"] = {**info.get("seconds", {}), "write": round(time.perf_counter() - t_write, 3),
-                           "total": round(time.perf_counter() - t0, 3)}
+        info["seconds"] = {
+            **info.get("seconds", {}),
+            "write": round(time.perf_counter() - t_write, 3),
+            "total": round(time.perf_counter() - t0, 3),
+        }
         info["files"] = names
         (staging / "export.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         if target.exists():
@@ -132,8 +155,9 @@ def _write_atomically(run: Path, verts, faces, uvs, image, fmt: str, info: dict,
     return {**{k: target / v for k, v in names.items()}, "info": target / "export.json"}
 
 
-def write_mesh(folder: Path, verts: np.ndarray, faces: np.ndarray, uvs: np.ndarray,
-               image: np.ndarray, fmt: str) -> dict[str, str]:
+def write_mesh(
+    folder: Path, verts: np.ndarray, faces: np.ndarray, uvs: np.ndarray, image: np.ndarray, fmt: str
+) -> dict[str, str]:
     """Write a UV-textured mesh with trimesh; returns file names by kind."""
     import trimesh
     from PIL import Image
@@ -141,18 +165,24 @@ def write_mesh(folder: Path, verts: np.ndarray, faces: np.ndarray, uvs: np.ndarr
     texture = Image.fromarray(image)
     if fmt == "glb":  # a rough, non-metallic PBR material whose base colour is the bake
         material = trimesh.visual.material.PBRMaterial(
-            name="albedo", baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=1.0)
+            name="albedo", baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=1.0
+        )
     else:  # white Kd so that viewers multiplying Kd by map_Kd show the bake unchanged
         material = trimesh.visual.material.SimpleMaterial(
-            name="albedo", image=texture, diffuse=(255, 255, 255, 255), ambient=(255, 255, 255, 255),
-            specular=(0, 0, 0, 255), glossiness=1.0)
-    mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False,
-                           visual=trimesh.visual.TextureVisuals(uv=uvs, material=material))
+            name="albedo",
+            image=texture,
+            diffuse=(255, 255, 255, 255),
+            ambient=(255, 255, 255, 255),
+            specular=(0, 0, 0, 255),
+            glossiness=1.0,
+        )
+    mesh = trimesh.Trimesh(
+        vertices=verts, faces=faces, process=False, visual=trimesh.visual.TextureVisuals(uv=uvs, material=material)
+    )
     if fmt == "glb":
         (folder / "mesh.glb").write_bytes(mesh.export(file_type="glb"))
         return {"mesh": "mesh.glb"}
-    files = trimesh.exchange.obj.export_obj(mesh, include_texture=True, mtl_name="mesh.mtl",
-                                            return_texture=True)
+    files = trimesh.exchange.obj.export_obj(mesh, include_texture=True, mtl_name="mesh.mtl", return_texture=True)
     text, assets = files if isinstance(files, tuple) else (files, {})
     (folder / "mesh.obj").write_text(text, encoding="utf-8")
     names = {"mesh": "mesh.obj"}

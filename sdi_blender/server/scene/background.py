@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Normalisation constants of the real spherical harmonics Y_l^m, l ≤ 2.
-_SH_C0 = 0.28209479177387814   # 1 / (2√π)
-_SH_C1 = 0.4886025119029199    # √3 / (2√π)
+_SH_C0 = 0.28209479177387814  # 1 / (2√π)
+_SH_C1 = 0.4886025119029199  # √3 / (2√π)
 # √15/(2√π), √5/(4√π), √15/(4√π)
 _SH_C2 = (1.0925484305920792, 0.31539156525252005, 0.5462742152960396)
 
@@ -24,11 +24,20 @@ def spherical_harmonics_deg2(d: Tensor) -> Tensor:
     """The 9 real spherical harmonics (l ≤ 2, orthonormal on the sphere) of unit vectors ``[..., 3]``."""
     x, y, z = d.unbind(-1)
     a, b, c = _SH_C2
-    return torch.stack([
-        torch.full_like(x, _SH_C0),
-        -_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x,
-        a * x * y, -a * y * z, b * (3 * z * z - 1), -a * x * z, c * (x * x - y * y),
-    ], dim=-1)
+    return torch.stack(
+        [
+            torch.full_like(x, _SH_C0),
+            -_SH_C1 * y,
+            _SH_C1 * z,
+            -_SH_C1 * x,
+            a * x * y,
+            -a * y * z,
+            b * (3 * z * z - 1),
+            -a * x * z,
+            c * (x * x - y * y),
+        ],
+        dim=-1,
+    )
 
 
 @dataclass

@@ -133,27 +133,38 @@ def look_at(position: Tensor, centre: Tensor | None = None, up: Tensor | None = 
 def spherical_position(elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor) -> Tensor:
     """[B, 3] position ``d (cosε cosφ, cosε sinφ, sinε)``."""
     ele, azi = torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg)
-    return distance[:, None] * torch.stack(
-        [ele.cos() * azi.cos(), ele.cos() * azi.sin(), ele.sin()], dim=-1)
+    return distance[:, None] * torch.stack([ele.cos() * azi.cos(), ele.cos() * azi.sin(), ele.sin()], dim=-1)
 
 
-def orbit_cameras(elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor | float,
-                  fovy_deg: Tensor | float, width: int, height: int) -> Cameras:
+def orbit_cameras(
+    elevation_deg: Tensor,
+    azimuth_deg: Tensor,
+    distance: Tensor | float,
+    fovy_deg: Tensor | float,
+    width: int,
+    height: int,
+) -> Cameras:
     """Cameras on a sphere around the origin, each with its light at the camera."""
     elevation_deg = torch.as_tensor(elevation_deg, dtype=torch.float32).reshape(-1)
     azimuth_deg = torch.as_tensor(azimuth_deg, dtype=elevation_deg.dtype).reshape(-1)
     distance = _as_batch(distance, elevation_deg)
     position = spherical_position(elevation_deg, azimuth_deg, distance)
-    return Cameras(c2w=look_at(position), fovy_deg=_as_batch(fovy_deg, elevation_deg),
-                   elevation_deg=elevation_deg, azimuth_deg=azimuth_deg, distance=distance,
-                   light_positions=position.clone(), width=width, height=height)
+    return Cameras(
+        c2w=look_at(position),
+        fovy_deg=_as_batch(fovy_deg, elevation_deg),
+        elevation_deg=elevation_deg,
+        azimuth_deg=azimuth_deg,
+        distance=distance,
+        light_positions=position.clone(),
+        width=width,
+        height=height,
+    )
 
 
 def turntable_cameras(n: int, width: int, height: int, cfg: CameraConfig) -> Cameras:
     """n evaluation views, azimuth 0, 360/n, … (view 0 looks from +X), at the eval settings."""
     azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n)
-    return orbit_cameras(torch.full((n,), cfg.eval_elevation), azimuth, cfg.eval_distance,
-                         cfg.eval_fovy, width, height)
+    return orbit_cameras(torch.full((n,), cfg.eval_elevation), azimuth, cfg.eval_distance, cfg.eval_fovy, width, height)
 
 
 def _uniform(bounds: tuple[float, float], batch: int, generator: torch.Generator | None) -> Tensor:
@@ -172,8 +183,9 @@ def _elevations(cfg: CameraConfig, batch: int, generator: torch.Generator | None
     return _uniform(cfg.elevation_range, batch, generator)
 
 
-def perturb_pose(position: Tensor, cfg: CameraConfig,
-                 generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+def perturb_pose(
+    position: Tensor, cfg: CameraConfig, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
     """The official data module's pose augmentation of orbit positions [B, 3].
 
     Returns the jittered position (+ U(−camera_perturb, camera_perturb) per axis), the look-at
@@ -187,8 +199,9 @@ def perturb_pose(position: Tensor, cfg: CameraConfig,
     return position + shift, centre, up
 
 
-def sample_cameras(cfg: CameraConfig, batch: int, width: int, height: int,
-                   generator: torch.Generator | None = None) -> Cameras:
+def sample_cameras(
+    cfg: CameraConfig, batch: int, width: int, height: int, generator: torch.Generator | None = None
+) -> Cameras:
     """Random training cameras, augmented (:func:`perturb_pose`), with DreamFusion-style lights.
 
     DreamFusion (Poole et al. 2022, Sec. 3.1 / App. A.2) places the light near the camera so
@@ -204,9 +217,16 @@ def sample_cameras(cfg: CameraConfig, batch: int, width: int, height: int,
     noise = torch.randn(batch, 3, generator=generator) * cfg.light_position_perturb
     direction = F.normalize(position + noise, dim=-1)
     lights = direction * _uniform(cfg.light_distance_range, batch, generator)[:, None]
-    return Cameras(c2w=look_at(position, centre, up), fovy_deg=fovy, elevation_deg=elevation,
-                   azimuth_deg=azimuth, distance=distance, light_positions=lights,
-                   width=width, height=height)
+    return Cameras(
+        c2w=look_at(position, centre, up),
+        fovy_deg=fovy,
+        elevation_deg=elevation,
+        azimuth_deg=azimuth,
+        distance=distance,
+        light_positions=lights,
+        width=width,
+        height=height,
+    )
 
 
 def focal_length(cams: Cameras) -> Tensor:
@@ -223,12 +243,14 @@ def camera_rays(cams: Cameras) -> tuple[Tensor, Tensor]:
     c2w = cams.c2w
     h, w = cams.height, cams.width
     f = focal_length(cams).to(c2w)[:, None, None]
-    i, j = torch.meshgrid(torch.arange(h, dtype=c2w.dtype, device=c2w.device),
-                          torch.arange(w, dtype=c2w.dtype, device=c2w.device), indexing="ij")
+    i, j = torch.meshgrid(
+        torch.arange(h, dtype=c2w.dtype, device=c2w.device),
+        torch.arange(w, dtype=c2w.dtype, device=c2w.device),
+        indexing="ij",
+    )
     x = (j + 0.5 - w / 2) / f  # [B, H, W]
     y = -(i + 0.5 - h / 2) / f
     d_cam = torch.stack([x, y, -torch.ones_like(x)], dim=-1)
     dirs = F.normalize(torch.einsum("bkc,bhwc->bhwk", c2w[:, :3, :3], d_cam), dim=-1)
     origins = c2w[:, None, None, :3, 3].expand_as(dirs)
     return origins, dirs
-

@@ -22,8 +22,16 @@ from torch import Tensor, nn
 
 from .background import BackgroundConfig, EnvironmentBackground, spherical_harmonics_deg2
 
-__all__ = ["Encoding", "HashGridEncoding", "FieldConfig", "FieldOutput", "ImplicitVolume",
-           "BackgroundConfig", "EnvironmentBackground", "spherical_harmonics_deg2"]
+__all__ = [
+    "Encoding",
+    "HashGridEncoding",
+    "FieldConfig",
+    "FieldOutput",
+    "ImplicitVolume",
+    "BackgroundConfig",
+    "EnvironmentBackground",
+    "spherical_harmonics_deg2",
+]
 
 # Instant-NGP §3: spatial hash h(x) = (⊕_i x_i·π_i) mod T with π = (1, 2654435761, 805459861).
 _PRIMES = (1, 2654435761, 805459861)
@@ -31,7 +39,7 @@ _PRIMES = (1, 2654435761, 805459861)
 # temporaries (16 floats and 8 indices per pair). On CPU moderate chunks are also faster: the
 # allocator recycles their memory instead of page-faulting fresh blocks (measured 15-30%);
 # much smaller ones cost more in per-operation overhead.
-_CHUNK = {"cpu": 2 ** 18, "cuda": 2 ** 22}
+_CHUNK = {"cpu": 2**18, "cuda": 2**22}
 
 
 @runtime_checkable
@@ -58,16 +66,24 @@ class HashGridEncoding(nn.Module):
     steps after ``start_step``, starting from ``start_level``).
     """
 
-    def __init__(self, n_levels: int = 16, n_features_per_level: int = 2, log2_hashmap_size: int = 19,
-                 base_resolution: int = 16, per_level_scale: float = 1.447269237440378,
-                 start_level: int = 8, start_step: int = 2000, update_steps: int = 500) -> None:
+    def __init__(
+        self,
+        n_levels: int = 16,
+        n_features_per_level: int = 2,
+        log2_hashmap_size: int = 19,
+        base_resolution: int = 16,
+        per_level_scale: float = 1.447269237440378,
+        start_level: int = 8,
+        start_step: int = 2000,
+        update_steps: int = 500,
+    ) -> None:
         super().__init__()
         self.n_levels, self.n_features = n_levels, n_features_per_level
         self.start_level, self.start_step, self.update_steps = start_level, start_step, update_steps
         self.n_output_dims = n_levels * n_features_per_level
-        res = [int(base_resolution * per_level_scale ** level) for level in range(n_levels)]
-        sizes = [min(2 ** log2_hashmap_size, (r + 1) ** 3) for r in res]
-        dense = [(r + 1) ** 3 <= 2 ** log2_hashmap_size for r in res]
+        res = [int(base_resolution * per_level_scale**level) for level in range(n_levels)]
+        sizes = [min(2**log2_hashmap_size, (r + 1) ** 3) for r in res]
+        dense = [(r + 1) ** 3 <= 2**log2_hashmap_size for r in res]
         self.n_dense = sum(dense)  # dense levels come first (the resolution grows with the level)
         # Per-level constants as (non-persistent) buffers, so they follow .to(device).
         buffer = lambda name, v: self.register_buffer(name, torch.tensor(v), persistent=False)  # noqa: E731
@@ -76,12 +92,12 @@ class HashGridEncoding(nn.Module):
         buffer("offset", [sum(sizes[:level]) for level in range(n_levels)])
         # Per axis and level, the multiplier of a vertex coordinate: dense strides
         # (1, N+1, (N+1)^2) or the hash primes; [3, L].
-        buffer("multiplier", [[(r + 1) ** a if d else _PRIMES[a] for r, d in zip(res, dense)]
-                              for a in range(3)])
+        buffer("multiplier", [[(r + 1) ** a if d else _PRIMES[a] for r, d in zip(res, dense)] for a in range(3)])
         # Dense levels: index offset of each voxel corner (z, y, x) from its lowest corner.
         edge = [torch.arange(2)[:, None] * self.multiplier[a] for a in range(3)]
-        self.register_buffer("corner_step", edge[2][:, None, None] + edge[1][None, :, None]
-                             + edge[0][None, None, :], persistent=False)          # [2, 2, 2, L]
+        self.register_buffer(
+            "corner_step", edge[2][:, None, None] + edge[1][None, :, None] + edge[0][None, None, :], persistent=False
+        )  # [2, 2, 2, L]
         # All tables concatenated along the last dim, feature-major ``[F, Σ_l T_l]`` (level l at
         # columns offset[l]...), initialised U(-1e-4, 1e-4) as in Instant-NGP §4.
         self.params = nn.Parameter(torch.empty(n_features_per_level, sum(sizes)).uniform_(-1e-4, 1e-4))
@@ -95,7 +111,7 @@ class HashGridEncoding(nn.Module):
     def table(self, level: int) -> Tensor:
         """The feature table ``[T_l, F]`` of one level (a view into ``params``)."""
         start = int(self.offset[level])
-        return self.params[:, start:start + int(self.table_size[level])].T
+        return self.params[:, start : start + int(self.table_size[level])].T
 
     def forward(self, x01: Tensor) -> Tensor:
         """Features ``[N, n_levels · F]`` of points ``[N, 3]`` in ``[0, 1]`` (level-major)."""
@@ -106,16 +122,16 @@ class HashGridEncoding(nn.Module):
         # gradients as multiplying them by a 0/1 mask, at a fraction of the cost).
         # Layout: points are the last (contiguous) dimension of every tensor, so the
         # element-wise work vectorises; axes, corners, features and levels come first.
-        res = self.resolution[:levels, None]                                      # [L, 1]
-        pos = x01.to(self.params.dtype).T[:, None, :] * res                       # [3, L, N]
+        res = self.resolution[:levels, None]  # [L, 1]
+        pos = x01.to(self.params.dtype).T[:, None, :] * res  # [3, L, N]
         # Voxel corner below the point; points at 1.0 use the last voxel with fraction 1.
         cell = torch.minimum(pos.detach().floor().clamp_(min=0).long(), res - 1)
-        frac = pos - cell                                                         # [3, L, N]
+        frac = pos - cell  # [3, L, N]
         with_jac = frac.requires_grad  # positions need gradients (e.g. for normals)
         out, jac = _HashInterpolation.apply(self.params, cell, frac.detach(), self.corner_index, with_jac)
         if with_jac:
             out = _AttachJacobian.apply(out, jac, frac)
-        out = out.permute(2, 1, 0)                                                # [N, L, F]
+        out = out.permute(2, 1, 0)  # [N, L, F]
         if levels < self.n_levels:
             out = torch.cat([out, out.new_zeros(n, self.n_levels - levels, self.n_features)], 1)
         return out.reshape(n, self.n_output_dims)
@@ -145,7 +161,7 @@ class HashGridEncoding(nn.Module):
 
 
 def _chunks(n: int, levels: int, device: torch.device) -> list[slice]:
-    size = max(1, _CHUNK.get(device.type, 2 ** 22) // levels)
+    size = max(1, _CHUNK.get(device.type, 2**22) // levels)
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
@@ -160,8 +176,14 @@ class _HashInterpolation(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, params: Tensor, cell: Tensor, t: Tensor,  # type: ignore[override]
-                corner_index: Callable[[Tensor], Tensor], with_jac: bool) -> tuple[Tensor, Tensor]:
+    def forward(
+        ctx,
+        params: Tensor,
+        cell: Tensor,
+        t: Tensor,  # type: ignore[override]
+        corner_index: Callable[[Tensor], Tensor],
+        with_jac: bool,
+    ) -> tuple[Tensor, Tensor]:
         ctx.save_for_backward(cell, t)
         ctx.corner_index, ctx.with_jac, ctx.table_shape = corner_index, with_jac, params.shape
         n_f, (_, n_l, n) = params.shape[0], t.shape
@@ -175,8 +197,11 @@ class _HashInterpolation(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_out: Tensor,  # type: ignore[override]
-                 g_jac: Tensor) -> tuple[Tensor, None, None, None, None]:
+    def backward(
+        ctx,
+        g_out: Tensor,  # type: ignore[override]
+        g_jac: Tensor,
+    ) -> tuple[Tensor, None, None, None, None]:
         cell, t = ctx.saved_tensors
         g_out, g_jac = g_out.contiguous(), g_jac.contiguous()
         grad = g_out.new_zeros(ctx.table_shape)
@@ -191,12 +216,12 @@ def _lerp3(f: Tensor, t: Tensor, out: Tensor, jac: Tensor | None) -> None:
     """Trilinear interpolation of ``f [F, 2(z), 2(y), 2(x), L, n]`` at ``t [3, L, n]`` into ``out``
     ``[F, L, n]``, and ``∂out/∂t`` into ``jac [3, F, L, n]`` if given: lerps along x, y, z."""
     tx, ty, tz = t.unbind(0)
-    dx = f[:, :, :, 1] - f[:, :, :, 0]                           # x-edges: [F, 2, 2, L, n]
-    ax = torch.addcmul(f[:, :, :, 0], tx, dx)                    # lerp along x
-    dy = ax[:, :, 1] - ax[:, :, 0]                               # y-edges: [F, 2, L, n]
-    ay = torch.addcmul(ax[:, :, 0], ty, dy)                      # lerp along y
+    dx = f[:, :, :, 1] - f[:, :, :, 0]  # x-edges: [F, 2, 2, L, n]
+    ax = torch.addcmul(f[:, :, :, 0], tx, dx)  # lerp along x
+    dy = ax[:, :, 1] - ax[:, :, 0]  # y-edges: [F, 2, L, n]
+    ay = torch.addcmul(ax[:, :, 0], ty, dy)  # lerp along y
     dz = ay[:, 1] - ay[:, 0] if jac is None else torch.sub(ay[:, 1], ay[:, 0], out=jac[2])
-    torch.addcmul(ay[:, 0], tz, dz, out=out)                     # lerp along z
+    torch.addcmul(ay[:, 0], tz, dz, out=out)  # lerp along z
     if jac is not None:  # ∂/∂t_x: the x-edges lerped along y and z; ∂/∂t_y: the y-edges along z
         dxy = torch.addcmul(dx[:, :, 0], ty, dx[:, :, 1] - dx[:, :, 0])
         torch.addcmul(dxy[:, 0], tz, dxy[:, 1] - dxy[:, 0], out=jac[0])
@@ -221,9 +246,9 @@ def _lerp3_adjoint(g_out: Tensor, g_jac: Tensor | None, t: Tensor) -> Tensor:
     if g_jac is None:
         return split(split(split(g_out, tz, g_ay), ty, g_ax), tx, g_f)
     g_jx, g_jy, g_jz = g_jac.unbind(0)
-    g_dy = split(g_jy, tz, new(n_f, 2, n_l, n))                  # jy lerps the y-edges along z
-    g_dxy = split(g_jx, tz, new(n_f, 2, n_l, n))                 # jx lerps dxy along z,
-    g_dx = split(g_dxy, ty, new(n_f, 2, 2, n_l, n))              # which lerps the x-edges along y
+    g_dy = split(g_jy, tz, new(n_f, 2, n_l, n))  # jy lerps the y-edges along z
+    g_dxy = split(g_jx, tz, new(n_f, 2, n_l, n))  # jx lerps dxy along z,
+    g_dx = split(g_dxy, ty, new(n_f, 2, 2, n_l, n))  # which lerps the x-edges along y
     split(g_out, tz, g_ay, g_jz)
     split(g_ay, ty, g_ax, g_dy)
     return split(g_ax, tx, g_f, g_dx)
@@ -310,9 +335,20 @@ class ImplicitVolume(nn.Module):
     def __init__(self, config: FieldConfig | None = None, encoding: Encoding | None = None) -> None:
         super().__init__()
         self.config = c = config or FieldConfig()
-        self.encoding = encoding if encoding is not None else HashGridEncoding(
-            c.n_levels, c.n_features_per_level, c.log2_hashmap_size, c.base_resolution,
-            c.per_level_scale, c.start_level, c.start_step, c.update_steps)
+        self.encoding = (
+            encoding
+            if encoding is not None
+            else HashGridEncoding(
+                c.n_levels,
+                c.n_features_per_level,
+                c.log2_hashmap_size,
+                c.base_resolution,
+                c.per_level_scale,
+                c.start_level,
+                c.start_step,
+                c.update_steps,
+            )
+        )
         n_enc = self.encoding.n_output_dims
         self.density_mlp = _mlp(n_enc, 1, c.mlp_hidden, c.mlp_layers)
         self.albedo_mlp = _mlp(n_enc, 3, c.mlp_hidden, c.mlp_layers)

@@ -86,8 +86,14 @@ def ray_box_interval(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tens
 class VolumeRenderer(nn.Module):
     """Renders a field over a background for a batch of cameras."""
 
-    def __init__(self, field: nn.Module, background: nn.Module, radius: float,
-                 config: RendererConfig | None = None, shading: ShadingConfig | None = None) -> None:
+    def __init__(
+        self,
+        field: nn.Module,
+        background: nn.Module,
+        radius: float,
+        config: RendererConfig | None = None,
+        shading: ShadingConfig | None = None,
+    ) -> None:
         super().__init__()
         self.field, self.background, self.radius = field, background, radius
         self.config = config or RendererConfig()
@@ -96,12 +102,13 @@ class VolumeRenderer(nn.Module):
         if self.config.occupancy_grid:
             r = radius
             self.estimator = nerfacc.OccGridEstimator(
-                roi_aabb=[-r, -r, -r, r, r, r], resolution=self.config.grid_resolution, levels=1)
+                roi_aabb=[-r, -r, -r, r, r, r], resolution=self.config.grid_resolution, levels=1
+            )
 
     @property
     def step_size(self) -> float:
         """Marching step of the occupancy-grid sampler: the box diagonal over the sample count."""
-        return 3 ** 0.5 * 2 * self.radius / self.config.num_samples_per_ray
+        return 3**0.5 * 2 * self.radius / self.config.num_samples_per_ray
 
     def uses_grid(self, device: torch.device) -> bool:
         return self.estimator is not None and device.type == "cuda"
@@ -113,11 +120,19 @@ class VolumeRenderer(nn.Module):
             return
         self.estimator.train()
         self.estimator.update_every_n_steps(
-            step, lambda x: self.field.density(x)[..., None] * self.step_size,
-            occ_thre=self.config.grid_threshold, n=self.config.grid_update_every)
+            step,
+            lambda x: self.field.density(x)[..., None] * self.step_size,
+            occ_thre=self.config.grid_threshold,
+            n=self.config.grid_update_every,
+        )
 
-    def forward(self, cams: Cameras, shading: str = "diffuse",
-                generator: torch.Generator | None = None, stratified: bool = False) -> RenderOutput:
+    def forward(
+        self,
+        cams: Cameras,
+        shading: str = "diffuse",
+        generator: torch.Generator | None = None,
+        stratified: bool = False,
+    ) -> RenderOutput:
         """Render ``cams``; ``stratified`` jitters the samples (training) from ``generator``."""
         origins, dirs = camera_rays(cams)
         b, h, w, _ = origins.shape
@@ -130,8 +145,7 @@ class VolumeRenderer(nn.Module):
         outs = []
         for s in range(0, n_rays, chunk):
             part = slice(s, s + chunk)
-            args = (origins[part], dirs[part], lights[part],
-                    None if jitter is None else jitter[part])
+            args = (origins[part], dirs[part], lights[part], None if jitter is None else jitter[part])
             if recompute:
                 outs.append(checkpoint(self._render_rays, *args, shading, stratified, use_reentrant=False))
             else:
@@ -140,8 +154,7 @@ class VolumeRenderer(nn.Module):
         rgb_fg, opacity, depth, z_var, normal, orient = per_ray.split(_SPLITS, dim=-1)
         bg = self.background(dirs).reshape(b, h, w, 3)
         rgb = rgb_fg + bg * (1.0 - opacity)
-        return RenderOutput(rgb=rgb, opacity=opacity, depth=depth, z_variance=z_var,
-                            normal=normal, orient=orient)
+        return RenderOutput(rgb=rgb, opacity=opacity, depth=depth, z_variance=z_var, normal=normal, orient=orient)
 
     def _jitter(self, n_rays: int, like: Tensor, generator: torch.Generator | None) -> Tensor | None:
         # Drawn up front, outside the checkpointed chunks, so recomputation sees the same samples.
@@ -151,8 +164,7 @@ class VolumeRenderer(nn.Module):
         u = torch.rand((n_rays, self.config.num_samples_per_ray), generator=generator, device=gen_device)
         return u.to(like)
 
-    def _samples(self, origins: Tensor, dirs: Tensor,
-                 stratified: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _samples(self, origins: Tensor, dirs: Tensor, stratified: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """(t_starts, t_ends, ray_indices): [R, N] uniform, or packed [S] from the grid.
 
         The grid's own stratification draws from torch's global RNG, which gradient
@@ -160,6 +172,7 @@ class VolumeRenderer(nn.Module):
         """
         near, far = ray_box_interval(origins, dirs, self.radius)
         if self.uses_grid(origins.device):
+
             @torch.no_grad()
             def sigma_fn(t0: Tensor, t1: Tensor, ray_idx: Tensor) -> Tensor:
                 """[S] density at the midpoints of packed samples (for the thresholds)."""
@@ -167,17 +180,25 @@ class VolumeRenderer(nn.Module):
 
             cfg = self.config
             ray_idx, t0, t1 = self.estimator.sampling(
-                origins, dirs, sigma_fn=sigma_fn, t_min=near, t_max=far,
-                render_step_size=self.step_size, stratified=stratified,
-                alpha_thre=cfg.alpha_thre, early_stop_eps=cfg.early_stop_eps)
+                origins,
+                dirs,
+                sigma_fn=sigma_fn,
+                t_min=near,
+                t_max=far,
+                render_step_size=self.step_size,
+                stratified=stratified,
+                alpha_thre=cfg.alpha_thre,
+                early_stop_eps=cfg.early_stop_eps,
+            )
             return t0, t1, ray_idx
         n = self.config.num_samples_per_ray
         edges = torch.linspace(0.0, 1.0, n + 1, device=origins.device, dtype=origins.dtype)
         span = (far - near)[:, None]
         return near[:, None] + edges[:-1] * span, near[:, None] + edges[1:] * span, None
 
-    def _render_rays(self, origins: Tensor, dirs: Tensor, lights: Tensor, jitter: Tensor | None,
-                     shading: str, stratified: bool) -> Tensor:
+    def _render_rays(
+        self, origins: Tensor, dirs: Tensor, lights: Tensor, jitter: Tensor | None, shading: str, stratified: bool
+    ) -> Tensor:
         """Per-ray outputs [R, 10] for one chunk of rays."""
         t0, t1, ray_idx = self._samples(origins, dirs, stratified)
         n_rays = origins.shape[0]
@@ -194,8 +215,9 @@ class VolumeRenderer(nn.Module):
         shape = t_mid.shape
         density = out.density.reshape(shape)
         normal = out.normal.reshape(*shape, 3)
-        colour = shade(out.albedo, out.normal, positions.reshape(-1, 3),
-                       ray_of(lights).reshape(-1, 3), shading, self.shading).reshape(*shape, 3)
+        colour = shade(
+            out.albedo, out.normal, positions.reshape(-1, 3), ray_of(lights).reshape(-1, 3), shading, self.shading
+        ).reshape(*shape, 3)
         packed = _packed(ray_idx, n_rays)
         weights, _, _ = nerfacc.render_weight_from_density(t0, t1, density, **packed)
 
@@ -211,8 +233,7 @@ class VolumeRenderer(nn.Module):
         return torch.cat([acc(colour), opacity, depth, z_var, comp_normal, orient], dim=-1)
 
 
-def _z_variance_terms(weights: Tensor, t_mid: Tensor, opacity: Tensor,
-                      ray_idx: Tensor | None) -> tuple[Tensor, Tensor]:
+def _z_variance_terms(weights: Tensor, t_mid: Tensor, opacity: Tensor, ray_idx: Tensor | None) -> tuple[Tensor, Tensor]:
     """(values, weights) whose accumulation is HiFA's depth variance as the official SDI renderer.
 
     The weights are normalised by the ray's opacity first, so the variance is that of the

@@ -58,8 +58,9 @@ def lambert(normal: Tensor, positions: Tensor, light_positions: Tensor, cfg: Sha
     return cfg.ambient_light + cfg.diffuse_light * facing
 
 
-def shade(albedo: Tensor, normal: Tensor | None, positions: Tensor, light_positions: Tensor,
-          mode: str, cfg: ShadingConfig) -> Tensor:
+def shade(
+    albedo: Tensor, normal: Tensor | None, positions: Tensor, light_positions: Tensor, mode: str, cfg: ShadingConfig
+) -> Tensor:
     """[N, 3] colour of N points under ``mode`` (one of :data:`SHADINGS`).
 
     ``normal`` (unit, world space) may be ``None`` only for "albedo".

@@ -50,11 +50,13 @@ _OOM_HINT = "lower the preset or the resolution, or close other programs that us
 
 class Conflict(UserError):
     """The job's state does not allow the request."""
+
     code = "conflict"
 
 
 class NotFound(UserError):
     """No such job."""
+
     code = "not_found"
 
 
@@ -79,10 +81,16 @@ class Job:
     def summary(self) -> dict[str, Any]:
         """The job as ``list_jobs`` shows it."""
         state = run_dir.read_state(self.dir)
-        return {"job": self.id, "kind": self.kind, "prompt": self.request.get("prompt", ""),
-                "status": self.status, "step": self.step if self.step is not None else state.get("step", 0),
-                "total": state.get("total", self.request.get("steps")), "created": self.created,
-                "error": self.error}
+        return {
+            "job": self.id,
+            "kind": self.kind,
+            "prompt": self.request.get("prompt", ""),
+            "status": self.status,
+            "step": self.step if self.step is not None else state.get("step", 0),
+            "total": state.get("total", self.request.get("steps")),
+            "created": self.created,
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -101,22 +109,42 @@ class _Events(TrainerCallbacks):
 
     def on_progress(self, p: Progress) -> None:
         self.job.step = p.step
-        self.emit(self.job.id, {"event": "progress", "job": self.job.id, "step": p.step, "total": p.total,
-                                "t": p.t, "loss": p.losses["total"], "elapsed_s": round(p.elapsed_s, 3),
-                                "eta_s": round(p.eta_s, 3), "time": time.time()})
+        self.emit(
+            self.job.id,
+            {
+                "event": "progress",
+                "job": self.job.id,
+                "step": p.step,
+                "total": p.total,
+                "t": p.t,
+                "loss": p.losses["total"],
+                "elapsed_s": round(p.elapsed_s, 3),
+                "eta_s": round(p.eta_s, 3),
+                "time": time.time(),
+            },
+        )
 
     def on_preview(self, step: int, png: bytes) -> None:
-        self.emit(self.job.id, {"event": "preview", "job": self.job.id, "step": step,
-                                "png": base64.b64encode(png).decode("ascii")})
+        self.emit(
+            self.job.id,
+            {"event": "preview", "job": self.job.id, "step": step, "png": base64.b64encode(png).decode("ascii")},
+        )
 
 
 class JobManager:
     """Queue and worker; every public method is thread-safe and returns quickly."""
 
-    def __init__(self, jobs_dir: Path, emit: Emit, *, device: torch.device, model: str,
-                 trainer_factory: Callable[..., Any] = Trainer,
-                 prior_factory: Callable[..., Any] = load_prior,
-                 export_fn: Callable[..., Any] = export_run) -> None:
+    def __init__(
+        self,
+        jobs_dir: Path,
+        emit: Emit,
+        *,
+        device: torch.device,
+        model: str,
+        trainer_factory: Callable[..., Any] = Trainer,
+        prior_factory: Callable[..., Any] = load_prior,
+        export_fn: Callable[..., Any] = export_run,
+    ) -> None:
         self.jobs_dir, self.emit, self.device, self.default_model = Path(jobs_dir), emit, device, model
         self._trainer_factory, self._prior_factory, self._export_fn = trainer_factory, prior_factory, export_fn
         self._lock = threading.Condition()
@@ -131,8 +159,9 @@ class JobManager:
         self._worker.start()
 
     # -- requests -----------------------------------------------------------------------
-    def submit(self, kind: str, request: dict[str, Any],
-               on_queued: Callable[[str, int], None] | None = None) -> tuple[str, int]:
+    def submit(
+        self, kind: str, request: dict[str, Any], on_queued: Callable[[str, int], None] | None = None
+    ) -> tuple[str, int]:
         """Validate and queue a generate, continue or export request; returns (job id, position).
 
         ``position``: jobs that run first, the running one included. ``on_queued(job, position)``
@@ -196,8 +225,11 @@ class JobManager:
     def snapshot(self) -> tuple[list[str], str | None, str | None]:
         """(queued job ids, running job id, loaded model id)."""
         with self._lock:
-            return ([t.job.id for t in self._queue], self._running.id if self._running else None,
-                    getattr(self.prior, "model_id", None))
+            return (
+                [t.job.id for t in self._queue],
+                self._running.id if self._running else None,
+                getattr(self.prior, "model_id", None),
+            )
 
     def shutdown(self, timeout: float = 60.0) -> None:
         """Cancel the queue and the running job (which checkpoints), and stop the worker."""
@@ -233,8 +265,9 @@ class JobManager:
             raise Conflict(f"job {job.id} is {job.status}")
         if kind == "export":
             return _Task(job, export=_export_settings(req))
-        config, _ = plan_run(GenerateRequest(out=job.dir, prompt=req.get("prompt"), resume=True,
-                                             settings={"steps": req["steps"]}))
+        config, _ = plan_run(
+            GenerateRequest(out=job.dir, prompt=req.get("prompt"), resume=True, settings={"steps": req["steps"]})
+        )
         export = _export_settings(req["export"]) if "export" in req else None
         return _Task(job, config=config, resume=True, export=export)
 
@@ -244,8 +277,11 @@ class JobManager:
         check_model_name(settings["model"])
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         job = Job(job_id, "generate", dict(req), "queued", time.time(), dir=self.jobs_dir / job_id)
-        config, _ = plan_run(GenerateRequest(out=job.dir, prompt=req["prompt"], overwrite=True,
-                                             preset=req.get("preset"), settings=settings))
+        config, _ = plan_run(
+            GenerateRequest(
+                out=job.dir, prompt=req["prompt"], overwrite=True, preset=req.get("preset"), settings=settings
+            )
+        )
         export = _export_settings(req["export"]) if "export" in req else None
         return _Task(job, config=config, export=export)
 
@@ -303,8 +339,9 @@ class JobManager:
         prior = self._load_prior(task.config.model)
         if not task.resume:  # only once the model loaded: a missing model leaves no run behind
             run_dir.prepare_new_run(task.job.dir, overwrite=True)
-        trainer = self._trainer_factory(task.config, task.job.dir, prior=prior,
-                                        callbacks=_Events(task.job, self.emit), resume=task.resume)
+        trainer = self._trainer_factory(
+            task.config, task.job.dir, prior=prior, callbacks=_Events(task.job, self.emit), resume=task.resume
+        )
         return trainer.run(task.job.cancel.is_set).status
 
     def _export(self, job: Job, settings: ExportSettings) -> str:
@@ -313,8 +350,16 @@ class JobManager:
         except ExportCancelled:
             return "cancelled"  # the export keeps the previous one on any exception
         files = {kind: str(path) for kind, path in result.files.items()}
-        self.emit(job.id, {"event": "exported", "job": job.id, "files": files,
-                           "vertices": result.info.get("vertices"), "faces": result.info.get("faces")})
+        self.emit(
+            job.id,
+            {
+                "event": "exported",
+                "job": job.id,
+                "files": files,
+                "vertices": result.info.get("vertices"),
+                "faces": result.info.get("faces"),
+            },
+        )
         self.log(job, f"exported {files}")
         return "done"
 
@@ -367,8 +412,11 @@ class JobManager:
                 continue
             if job.status in ACTIVE:
                 job.status = "interrupted"
-                job.error = {"code": "interrupted", "message": "the server stopped while the job was "
-                             f"{data['status']}", "hint": "continue resumes it from its last checkpoint"}
+                job.error = {
+                    "code": "interrupted",
+                    "message": f"the server stopped while the job was {data['status']}",
+                    "hint": "continue resumes it from its last checkpoint",
+                }
                 self._save(job)
                 _end_run(job.dir, "interrupted")
                 self.log(job, "marked interrupted on server start")

@@ -106,8 +106,11 @@ class _Handler(socketserver.StreamRequestHandler):
         if not line:
             return None
         if len(line) > MAX_MESSAGE_BYTES and not line.endswith(b"\n"):
-            raise ProtocolError("too_large", f"message longer than {MAX_MESSAGE_BYTES} bytes",
-                                hint="the connection is closed: the stream cannot be resynchronised")
+            raise ProtocolError(
+                "too_large",
+                f"message longer than {MAX_MESSAGE_BYTES} bytes",
+                hint="the connection is closed: the stream cannot be resynchronised",
+            )
         return decode(line.rstrip(b"\r\n"))
 
     def _hello(self, conn: Connection) -> bool:
@@ -128,8 +131,9 @@ class _Handler(socketserver.StreamRequestHandler):
             conn.send(error_event("unauthorized", f"no hello within {HELLO_TIMEOUT_S:.0f} s"))
             return False
         self.request.settimeout(None)
-        conn.send(_with_id({"event": "hello", "protocol": PROTOCOL_VERSION, "version": __version__},
-                           _request_id(message)))
+        conn.send(
+            _with_id({"event": "hello", "protocol": PROTOCOL_VERSION, "version": __version__}, _request_id(message))
+        )
         return True
 
     def _serve(self, conn: Connection) -> None:
@@ -186,8 +190,11 @@ class Server(socketserver.ThreadingTCPServer):
         if message["type"] != "hello":
             raise ProtocolError("unauthorized", "the first message must be hello")
         if message["protocol"] != PROTOCOL_VERSION:
-            raise ProtocolError("unauthorized", f"protocol {message['protocol']} is not supported",
-                                hint=f"this server speaks protocol {PROTOCOL_VERSION}; update the add-on")
+            raise ProtocolError(
+                "unauthorized",
+                f"protocol {message['protocol']} is not supported",
+                hint=f"this server speaks protocol {PROTOCOL_VERSION}; update the add-on",
+            )
         if not hmac.compare_digest(message["token"].encode(), self.token.encode()):
             raise ProtocolError("unauthorized", "wrong token", hint="read the server's token file again")
 
@@ -240,9 +247,16 @@ class Server(socketserver.ThreadingTCPServer):
 
     def _do_status(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
         waiting, running, model = self.manager.snapshot()
-        return {"event": "status", "version": __version__, "protocol": PROTOCOL_VERSION,
-                "device": str(self.device), "memory": memory_info(self.device), "model": model,
-                "queue": waiting, "running": running}
+        return {
+            "event": "status",
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "device": str(self.device),
+            "memory": memory_info(self.device),
+            "model": model,
+            "queue": waiting,
+            "running": running,
+        }
 
     def _do_list_jobs(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
         return {"event": "jobs", "jobs": self.manager.list()}
@@ -291,9 +305,12 @@ def memory_info(device: Any) -> dict[str, Any]:
     if getattr(device, "type", "") == "cuda":
         import torch
 
-        return {"kind": "cuda", "allocated": torch.cuda.memory_allocated(device),
-                "reserved": torch.cuda.memory_reserved(device),
-                "total": torch.cuda.get_device_properties(device).total_memory}
+        return {
+            "kind": "cuda",
+            "allocated": torch.cuda.memory_allocated(device),
+            "reserved": torch.cuda.memory_reserved(device),
+            "total": torch.cuda.get_device_properties(device).total_memory,
+        }
     try:  # Linux: the second field of statm is the resident set in pages
         pages = int(Path("/proc/self/statm").read_text().split()[1])
         return {"kind": "process", "rss": pages * os.sysconf("SC_PAGE_SIZE")}
@@ -313,8 +330,10 @@ def check_host(host: str, allow_remote: bool) -> None:
     except ValueError:
         loopback = False
     if not loopback:
-        raise UserError(f"refusing to listen on non-loopback address '{host}'",
-                        hint="use 127.0.0.1, or pass --allow-remote if the network is trusted")
+        raise UserError(
+            f"refusing to listen on non-loopback address '{host}'",
+            hint="use 127.0.0.1, or pass --allow-remote if the network is trusted",
+        )
 
 
 def write_token(path: Path, token: str) -> None:
@@ -335,8 +354,16 @@ def _log_to(path: Path) -> None:
     log.setLevel(logging.INFO)
 
 
-def serve(*, host: str, port: int, token_file: Path | None, jobs_dir: Path | None,
-          model: str | None, device: str, allow_remote: bool) -> int:
+def serve(
+    *,
+    host: str,
+    port: int,
+    token_file: Path | None,
+    jobs_dir: Path | None,
+    model: str | None,
+    device: str,
+    allow_remote: bool,
+) -> int:
     """Run the server until a shutdown request or SIGINT/SIGTERM; returns the exit code."""
     check_host(host, allow_remote)
     from ..diffusion.model_source import DEFAULT_MODEL, check_model_name
@@ -364,8 +391,18 @@ def serve(*, host: str, port: int, token_file: Path | None, jobs_dir: Path | Non
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
     bound_host, bound_port = server.server_address[:2]
-    print(json.dumps({"event": "listening", "host": bound_host, "port": bound_port, "pid": os.getpid(),
-                      "protocol": PROTOCOL_VERSION}), flush=True)
+    print(
+        json.dumps(
+            {
+                "event": "listening",
+                "host": bound_host,
+                "port": bound_port,
+                "pid": os.getpid(),
+                "protocol": PROTOCOL_VERSION,
+            }
+        ),
+        flush=True,
+    )
     try:
         server.serve_forever(poll_interval=0.2)
     finally:

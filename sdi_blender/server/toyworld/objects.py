@@ -51,28 +51,51 @@ ORANGE, BLUE, RED, YELLOW = (1.0, 0.5, 0.05), (0.1, 0.3, 0.9), (0.85, 0.1, 0.1),
 GREEN, PURPLE = (0.1, 0.65, 0.2), (0.55, 0.15, 0.75)
 
 TOY_OBJECTS: tuple[ToyObject, ...] = (
-    ToyObject("an orange box with a blue ball on its front", (
-        Part("box", "box", (-0.08, 0.0, 0.0), (0.32, 0.4, 0.28), ORANGE),
-        Part("ball", "sphere", (0.38, 0.0, 0.0), (0.2,) * 3, BLUE),
-    ), "ball", (1.0, 0.0, 0.0)),
-    ToyObject("a red ball with a yellow box on its front", (
-        Part("ball", "sphere", (-0.1, 0.0, 0.0), (0.4,) * 3, RED),
-        Part("box", "box", (0.4, 0.0, -0.05), (0.14, 0.2, 0.2), YELLOW),
-    ), "box", (1.0, 0.0, 0.0)),
-    ToyObject("a green pillar with a purple box on its back", (
-        Part("pillar", "box", (0.08, 0.0, 0.0), (0.18, 0.18, 0.52), GREEN),
-        Part("box", "box", (-0.28, 0.0, 0.1), (0.18, 0.18, 0.18), PURPLE),
-    ), "box", (-1.0, 0.0, 0.0)),
-    ToyObject("a blue slab with a yellow ball on its right side", (
-        Part("slab", "box", (0.0, 0.12, 0.0), (0.34, 0.32, 0.16), BLUE),
-        Part("ball", "sphere", (0.0, -0.38, 0.05), (0.2,) * 3, YELLOW),
-    ), "ball", (0.0, -1.0, 0.0)),
+    ToyObject(
+        "an orange box with a blue ball on its front",
+        (
+            Part("box", "box", (-0.08, 0.0, 0.0), (0.32, 0.4, 0.28), ORANGE),
+            Part("ball", "sphere", (0.38, 0.0, 0.0), (0.2,) * 3, BLUE),
+        ),
+        "ball",
+        (1.0, 0.0, 0.0),
+    ),
+    ToyObject(
+        "a red ball with a yellow box on its front",
+        (
+            Part("ball", "sphere", (-0.1, 0.0, 0.0), (0.4,) * 3, RED),
+            Part("box", "box", (0.4, 0.0, -0.05), (0.14, 0.2, 0.2), YELLOW),
+        ),
+        "box",
+        (1.0, 0.0, 0.0),
+    ),
+    ToyObject(
+        "a green pillar with a purple box on its back",
+        (
+            Part("pillar", "box", (0.08, 0.0, 0.0), (0.18, 0.18, 0.52), GREEN),
+            Part("box", "box", (-0.28, 0.0, 0.1), (0.18, 0.18, 0.18), PURPLE),
+        ),
+        "box",
+        (-1.0, 0.0, 0.0),
+    ),
+    ToyObject(
+        "a blue slab with a yellow ball on its right side",
+        (
+            Part("slab", "box", (0.0, 0.12, 0.0), (0.34, 0.32, 0.16), BLUE),
+            Part("ball", "sphere", (0.0, -0.38, 0.05), (0.2,) * 3, YELLOW),
+        ),
+        "ball",
+        (0.0, -1.0, 0.0),
+    ),
 )
 TOY_PROMPTS: tuple[str, ...] = tuple(o.prompt for o in TOY_OBJECTS)
 
 TOY_CAMERAS: dict[str, tuple[float, float] | float] = {
-    "distance_range": (2.0, 2.0), "fovy_range": (50.0, 50.0),
-    "camera_perturb": 0.0, "center_perturb": 0.0, "up_perturb": 0.0,
+    "distance_range": (2.0, 2.0),
+    "fovy_range": (50.0, 50.0),
+    "camera_perturb": 0.0,
+    "center_perturb": 0.0,
+    "up_perturb": 0.0,
 }
 """The toy world's training cameras (``CameraConfig`` fields; the rest keep the official
 values): every elevation and azimuth of the official ranges, at one distance and field of
@@ -89,8 +112,9 @@ def toy_object(prompt: str) -> ToyObject:
     for obj in TOY_OBJECTS:
         if obj.prompt == prompt.strip():
             return obj
-    raise UserError(f"the toy world has no object '{prompt}'",
-                    hint="use one of: " + "; ".join(f'"{p}"' for p in TOY_PROMPTS))
+    raise UserError(
+        f"the toy world has no object '{prompt}'", hint="use one of: " + "; ".join(f'"{p}"' for p in TOY_PROMPTS)
+    )
 
 
 def check_toy_prompt(model: str, prompt: str, negative_prompt: str = "") -> None:
@@ -99,5 +123,6 @@ def check_toy_prompt(model: str, prompt: str, negative_prompt: str = "") -> None
         return
     toy_object(prompt)
     if negative_prompt.strip():
-        raise UserError("the toy world has no negative prompts",
-                        hint="leave the negative prompt empty with the toyworld model")
+        raise UserError(
+            "the toy world has no negative prompts", hint="leave the negative prompt empty with the toyworld model"
+        )

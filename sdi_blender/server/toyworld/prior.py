@@ -75,8 +75,12 @@ class ToyPictures:
     """[N] index into shading.SHADINGS."""
 
 
-def build_pictures(size: int = IMAGE_SIZE, views_per_object: int = VIEWS_PER_OBJECT,
-                   cameras: CameraConfig | None = None, shading: ShadingConfig | None = None) -> ToyPictures:
+def build_pictures(
+    size: int = IMAGE_SIZE,
+    views_per_object: int = VIEWS_PER_OBJECT,
+    cameras: CameraConfig | None = None,
+    shading: ShadingConfig | None = None,
+) -> ToyPictures:
     """Render every toy object from ``views_per_object`` training cameras in every mode."""
     cameras, shading = cameras or CameraConfig(**TOY_CAMERAS), shading or ShadingConfig()
     parts: dict[str, list[Tensor]] = {k: [] for k in ("images", "masks", "obj", "view", "mode")}
@@ -84,13 +88,13 @@ def build_pictures(size: int = IMAGE_SIZE, views_per_object: int = VIEWS_PER_OBJ
         views = sample_views(cameras, views_per_object, seed=_SEED + o)
         bucket = direction_index(views.elevation_deg.float(), views.azimuth_deg.float(), PromptOptions())
         for s in range(0, views_per_object, _CHUNK):
-            chunk = type(views)(*(getattr(views, f)[s:s + _CHUNK] for f in views.__dataclass_fields__))
+            chunk = type(views)(*(getattr(views, f)[s : s + _CHUNK] for f in views.__dataclass_fields__))
             images, masks = render_toy(obj, chunk, size, SHADINGS, shading)
             m, n = images.shape[:2]
             parts["images"].append(images.reshape(m * n, 3, size, size) * 2 - 1)
             parts["masks"].append(masks.repeat(m, 1, 1))
             parts["obj"].append(torch.full((m * n,), o))
-            parts["view"].append(bucket[s:s + _CHUNK].repeat(m))
+            parts["view"].append(bucket[s : s + _CHUNK].repeat(m))
             parts["mode"].append(torch.arange(m).repeat_interleave(n))
     return ToyPictures(**{k: torch.cat(v) for k, v in parts.items()})
 
@@ -146,8 +150,12 @@ class ToyWorldPrior:
     prediction (per-group log-sum-exp and weighted sums) serves all branches at once.
     """
 
-    def __init__(self, device: torch.device | str | None = None, shading: ShadingConfig | None = None,
-                 picture_noise: float = PICTURE_NOISE) -> None:
+    def __init__(
+        self,
+        device: torch.device | str | None = None,
+        shading: ShadingConfig | None = None,
+        picture_noise: float = PICTURE_NOISE,
+    ) -> None:
         from diffusers import DDIMScheduler
 
         self.picture_noise = picture_noise
@@ -159,15 +167,25 @@ class ToyWorldPrior:
         order = torch.argsort((pics.obj * (OVERHEAD + 1) + pics.view) * modes + pics.mode, stable=True)
         self.pictures = ToyPictures(*(getattr(pics, f)[order] for f in pics.__dataclass_fields__))
         self.flat = self.pictures.images.reshape(order.shape[0], -1).to(self.device)  # [N, D]
-        self.sq_norms = self.flat.double().square().sum(-1)                           # [N]
+        self.sq_norms = self.flat.double().square().sum(-1)  # [N]
         key = ((self.pictures.obj * (OVERHEAD + 1) + self.pictures.view) * modes + self.pictures.mode).tolist()
-        self.groups = [Group(k // modes // (OVERHEAD + 1), k // modes % (OVERHEAD + 1), k % modes,
-                             key.index(k), len(key) - key[::-1].index(k)) for k in sorted(set(key))]
+        self.groups = [
+            Group(
+                k // modes // (OVERHEAD + 1),
+                k // modes % (OVERHEAD + 1),
+                k % modes,
+                key.index(k),
+                len(key) - key[::-1].index(k),
+            )
+            for k in sorted(set(key))
+        ]
         self.mode_prob = shading_probabilities(shading or ShadingConfig())
-        self.group_of_row = torch.cat([torch.full((g.end - g.start,), i) for i, g in enumerate(self.groups)]
-                                      ).to(self.device)[None]                          # [1, N]
-        self.log_sizes = torch.tensor([math.log(g.end - g.start) for g in self.groups],
-                                      dtype=torch.float64, device=self.device)       # [G]
+        self.group_of_row = torch.cat([torch.full((g.end - g.start,), i) for i, g in enumerate(self.groups)]).to(
+            self.device
+        )[None]  # [1, N]
+        self.log_sizes = torch.tensor(
+            [math.log(g.end - g.start) for g in self.groups], dtype=torch.float64, device=self.device
+        )  # [G]
         sched = DDIMScheduler(**SD_SCHEDULER)
         self.alphas_cumprod = sched.alphas_cumprod.to(self.device, torch.float32)
 
@@ -178,13 +196,15 @@ class ToyWorldPrior:
     def apply_speed(self, speed: Any) -> None:
         """Nothing to tune: the denoiser is a few matrix products."""
 
-    def encode_prompt(self, prompt: str, negative_prompt: str = "",
-                      options: PromptOptions | None = None) -> ToyEmbeddings:
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str = "", options: PromptOptions | None = None
+    ) -> ToyEmbeddings:
         check_toy_prompt(TOYWORLD, prompt, negative_prompt)
         return ToyEmbeddings(TOY_OBJECTS.index(toy_object(prompt)), options or PromptOptions())
 
-    def predictor(self, embeddings: ToyEmbeddings, elevation_deg: Tensor | None = None,
-                  azimuth_deg: Tensor | None = None) -> ToyPredictor:
+    def predictor(
+        self, embeddings: ToyEmbeddings, elevation_deg: Tensor | None = None, azimuth_deg: Tensor | None = None
+    ) -> ToyPredictor:
         return ToyPredictor(self, embeddings, elevation_deg, azimuth_deg)
 
     def encode_images(self, rgb: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -207,6 +227,7 @@ class ToyWorldPrior:
         only (as Stable Diffusion finds a grey render of "an orange box" unlikely), which also
         keeps the grey initial blob from settling on grey pictures.
         """
+
         def mass_of(g: Group) -> float:
             if obj is None:
                 return 1.0
@@ -214,8 +235,9 @@ class ToyWorldPrior:
                 return 0.0
             return 1.0 if view_mix is None else float(view_mix[g.view])
 
-        mass = torch.tensor([(g.end - g.start) * float(self.mode_prob[g.mode]) * mass_of(g)
-                             for g in self.groups], dtype=torch.float64)
+        mass = torch.tensor(
+            [(g.end - g.start) * float(self.mode_prob[g.mode]) * mass_of(g) for g in self.groups], dtype=torch.float64
+        )
         if mass.sum() <= 0:
             return self.group_weights(obj)
         return mass / mass.sum()
@@ -229,16 +251,17 @@ class ToyWorldPrior:
         exp(ℓ_i − m_g)/Z_g. Float64 and per-group maxima keep every branch from underflowing
         (at small t, ℓ spans thousands). A handful of whole-tensor operations, no loop.
         """
-        b, gid = x_t.shape[0], self.group_of_row.expand(x_t.shape[0], -1)            # [B, N]
-        cross = (x_t @ self.flat.T).double()                                          # [B, N]
-        d2 = (x_t.double().square().sum(-1, keepdim=True) - 2 * a.sqrt()[:, None] * cross
-              + a[:, None] * self.sq_norms).clamp_min(0)
-        var = a * self.picture_noise ** 2 + (1 - a)                                  # [B]
+        b, gid = x_t.shape[0], self.group_of_row.expand(x_t.shape[0], -1)  # [B, N]
+        cross = (x_t @ self.flat.T).double()  # [B, N]
+        d2 = (
+            x_t.double().square().sum(-1, keepdim=True) - 2 * a.sqrt()[:, None] * cross + a[:, None] * self.sq_norms
+        ).clamp_min(0)
+        var = a * self.picture_noise**2 + (1 - a)  # [B]
         loglik = -d2 / (2 * var)[:, None]
         n_groups = len(self.groups)
         peak = loglik.new_full((b, n_groups), -math.inf).scatter_reduce(1, gid, loglik, "amax")
-        within = (loglik - peak.gather(1, gid)).exp()                                 # [B, N]
-        total = loglik.new_zeros(b, n_groups).scatter_add(1, gid, within)             # [B, G]
+        within = (loglik - peak.gather(1, gid)).exp()  # [B, N]
+        total = loglik.new_zeros(b, n_groups).scatter_add(1, gid, within)  # [B, G]
         alpha = torch.softmax(weights.log() - self.log_sizes + peak + total.log(), -1)  # [K, B, G]
         share = (alpha / total).gather(2, gid.expand(weights.shape[0], -1, -1)) * within  # [K, B, N]
         share = share.reshape(-1, share.shape[-1])
@@ -250,7 +273,7 @@ class ToyWorldPrior:
         else:
             out = share.to(x_t.dtype) @ self.flat
         # Each picture is N(x_i, σ²I): its posterior mean given x_t moves toward x_t by c.
-        pull = (a.sqrt() * self.picture_noise ** 2 / var).to(x_t.dtype)[:, None]     # [B, 1]
+        pull = (a.sqrt() * self.picture_noise**2 / var).to(x_t.dtype)[:, None]  # [B, 1]
         out = out.reshape(weights.shape[0], b, -1)
         return out * (1 - pull * a.sqrt().to(x_t.dtype)[:, None]) + pull * x_t
 
@@ -258,8 +281,9 @@ class ToyWorldPrior:
 class ToyPredictor:
     """The guided exact denoiser for one toy prompt and batch of cameras (a ``NoisePredictor``)."""
 
-    def __init__(self, prior: ToyWorldPrior, emb: ToyEmbeddings,
-                 elevation_deg: Tensor | None, azimuth_deg: Tensor | None) -> None:
+    def __init__(
+        self, prior: ToyWorldPrior, emb: ToyEmbeddings, elevation_deg: Tensor | None, azimuth_deg: Tensor | None
+    ) -> None:
         self.prior, self.alphas_cumprod = prior, prior.alphas_cumprod
         self.neg_weights: Tensor | None = None
         opts, o = emb.options, emb.obj
@@ -274,8 +298,12 @@ class ToyPredictor:
             return
         mix = perp_neg_mix(elev, azim, opts)
         cond = torch.stack([prior.group_weights(o, p) for p in mix.positive])
-        negs = [torch.stack([uncond if v < 0 else prior.group_weights(o, _one_hot(v))
-                             for v in mix.negatives[:, k].tolist()]) for k in range(mix.negatives.shape[1])]
+        negs = [
+            torch.stack(
+                [uncond if v < 0 else prior.group_weights(o, _one_hot(v)) for v in mix.negatives[:, k].tolist()]
+            )
+            for k in range(mix.negatives.shape[1])
+        ]
         self.branches = [cond, uncond[None], *negs]
         self.neg_weights = mix.weights.to(prior.device)
 
@@ -283,12 +311,12 @@ class ToyPredictor:
         b = x_t.shape[0]
         if any(w.shape[0] not in (1, b) for w in self.branches):
             raise ValueError(f"latent batch {b} does not match the cameras this predictor was made for")
-        a = self.alphas_cumprod[t].double().to(self.prior.device)                     # [B]
+        a = self.alphas_cumprod[t].double().to(self.prior.device)  # [B]
         flat = x_t.reshape(b, -1).float()
         weights = torch.stack([w.expand(b, -1) for w in self.branches]).to(self.prior.device)
-        x0 = self.prior.posterior_mean(flat, a, weights)                              # [K, B, D]
+        x0 = self.prior.posterior_mean(flat, a, weights)  # [K, B, D]
         root_a, root_1ma = a.sqrt()[:, None].float(), (1 - a).sqrt()[:, None].float()
-        eps = ((flat - root_a * x0) / root_1ma).reshape(-1, *x_t.shape)              # [K, B, C, H, W]
+        eps = ((flat - root_a * x0) / root_1ma).reshape(-1, *x_t.shape)  # [K, B, C, H, W]
         eps_cond, eps_uncond, *eps_negs = eps.unbind(0)
         return guided_noise(eps_cond, eps_uncond, guidance_scale, eps_negs, self.neg_weights).to(x_t.dtype)
 

@@ -78,8 +78,15 @@ def orbit_views(elevation_deg: Tensor, azimuth_deg: Tensor, distance: float, fov
     ele, azi = elevation_deg.double(), azimuth_deg.double()
     pos, n = orbit_position(ele, azi, distance), ele.shape[0]
     up = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64).expand(n, 3)
-    return ToyViews(ele, azi, pos, torch.zeros(n, 3, dtype=torch.float64), up,
-                    torch.full((n,), float(fovy_deg), dtype=torch.float64), pos.clone())
+    return ToyViews(
+        ele,
+        azi,
+        pos,
+        torch.zeros(n, 3, dtype=torch.float64),
+        up,
+        torch.full((n,), float(fovy_deg), dtype=torch.float64),
+        pos.clone(),
+    )
 
 
 def sample_views(cfg: CameraConfig, n: int, seed: int) -> ToyViews:
@@ -90,8 +97,10 @@ def sample_views(cfg: CameraConfig, n: int, seed: int) -> ToyViews:
     jitter = (torch.rand(n, 3, generator=gen, dtype=torch.float64) * 2 - 1) * cfg.camera_perturb
     position = orbit_position(ele, azi, dist) + jitter
     centre = torch.randn(n, 3, generator=gen, dtype=torch.float64) * cfg.center_perturb
-    up = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64) + \
-        torch.randn(n, 3, generator=gen, dtype=torch.float64) * cfg.up_perturb
+    up = (
+        torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        + torch.randn(n, 3, generator=gen, dtype=torch.float64) * cfg.up_perturb
+    )
     wobble = torch.randn(n, 3, generator=gen, dtype=torch.float64) * cfg.light_position_perturb
     toward = position + wobble
     light = toward / toward.norm(dim=-1, keepdim=True) * _uniform(cfg.light_distance_range, n, gen)[:, None]
@@ -109,8 +118,8 @@ def _pixel_rays(views: ToyViews, size: int) -> tuple[Tensor, Tensor]:
     # Sub-pixel centres in [-1, 1]; the image plane spans ±tan(fov/2) at unit distance.
     coords = (torch.arange(s, dtype=torch.float64) + 0.5) / s * 2 - 1
     half = torch.tan(torch.deg2rad(views.fovy_deg) / 2)[:, None, None, None]
-    across = coords[None, None, :, None] * half * right[:, None, None]   # columns: left → right
-    down = -coords[None, :, None, None] * half * up[:, None, None]       # rows: top → bottom
+    across = coords[None, None, :, None] * half * right[:, None, None]  # columns: left → right
+    down = -coords[None, :, None, None] * half * up[:, None, None]  # rows: top → bottom
     d = fwd[:, None, None] + across + down
     return views.position, d / d.norm(dim=-1, keepdim=True)
 
@@ -156,8 +165,7 @@ def _cast(obj: ToyObject, o: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor,
     return hit, albedo, normal, o + d * best.nan_to_num(posinf=0.0)[..., None]
 
 
-def _shade(mode: str, albedo: Tensor, normal: Tensor, point: Tensor, light: Tensor,
-           cfg: ShadingConfig) -> Tensor:
+def _shade(mode: str, albedo: Tensor, normal: Tensor, point: Tensor, light: Tensor, cfg: ShadingConfig) -> Tensor:
     """Colour under "albedo", "textureless" (grey, lit) or "diffuse" (albedo × light)."""
     if mode == "albedo":
         return albedo
@@ -167,8 +175,9 @@ def _shade(mode: str, albedo: Tensor, normal: Tensor, point: Tensor, light: Tens
     return lit.expand_as(albedo) if mode == "textureless" else (albedo * lit).clamp(0, 1)
 
 
-def render_toy(obj: ToyObject, views: ToyViews, size: int, modes: tuple[str, ...],
-               shading: ShadingConfig) -> tuple[Tensor, Tensor]:
+def render_toy(
+    obj: ToyObject, views: ToyViews, size: int, modes: tuple[str, ...], shading: ShadingConfig
+) -> tuple[Tensor, Tensor]:
     """Images ``[M, N, 3, size, size]`` (one per mode and view) and masks ``[N, size, size]``.
 
     A pixel is the mean of its SUPERSAMPLE² rays, each showing the nearest part shaded by
@@ -185,7 +194,8 @@ def render_toy(obj: ToyObject, views: ToyViews, size: int, modes: tuple[str, ...
 
     images = []
     for mode in modes:
-        colour = torch.where(hit[..., None], _shade(mode, albedo, normal, point, light, shading),
-                             torch.full_like(albedo, BACKGROUND))
+        colour = torch.where(
+            hit[..., None], _shade(mode, albedo, normal, point, light, shading), torch.full_like(albedo, BACKGROUND)
+        )
         images.append(pool(colour).float())
     return torch.stack(images), pool(hit[..., None].to(dirs.dtype))[:, 0].float()

@@ -57,8 +57,9 @@ def read(path: Path) -> dict[str, Any]:
     except _UNREADABLE as exc:
         raise UserError(f"cannot read checkpoint '{path}': {_first_line(exc)}") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"checkpoint '{path}' has an unknown format",
-                        hint="it was not written by this version of sdi-blender")
+        raise UserError(
+            f"checkpoint '{path}' has an unknown format", hint="it was not written by this version of sdi-blender"
+        )
     return state
 
 

@@ -30,19 +30,37 @@ PAPER_STEPS = 10_000
 
 PRESETS: dict[str, dict[str, Any]] = {
     # ~30 steps at 64×64, for tests and checking an install (with --model tiny).
-    "test": {"steps": 30, "resolution": 64, "renderer.num_samples_per_ray": 32,
-             "field.log2_hashmap_size": 16, "preview_every": 10, "checkpoint_every": 10,
-             "preview_size": 64, "turntable_views": 4},
+    "test": {
+        "steps": 30,
+        "resolution": 64,
+        "renderer.num_samples_per_ray": 32,
+        "field.log2_hashmap_size": 16,
+        "preview_every": 10,
+        "checkpoint_every": 10,
+        "preview_size": 64,
+        "turntable_views": 4,
+    },
     # The built-in toy world (an exact denoiser of known objects) at its 32×32 pictures: the
     # end-to-end proof that a prompt comes out as the right object, on a CPU in about a minute.
     # Its prior is exact, so CFG 0 (the conditional alone) and no Perp-Neg; its cameras are the
     # ones its pictures cover (TOY_CAMERAS); its objects fit a box of radius 1 (half the samples
     # of the official radius 2 at the same spacing); see docs/toy-world.md.
-    "toy": {"model": "toyworld", "steps": 400, "resolution": 32, "renderer.num_samples_per_ray": 32,
-            "field.radius": 1.0, "field.log2_hashmap_size": 16, "preview_every": 100, "checkpoint_every": 200,
-            "preview_size": 64, "turntable_views": 4, "guidance_scale": 0.0,
-            "inversion_guidance_scale": 0.0, "perp_neg": False,
-            **{f"cameras.{k}": v for k, v in TOY_CAMERAS.items()}},
+    "toy": {
+        "model": "toyworld",
+        "steps": 400,
+        "resolution": 32,
+        "renderer.num_samples_per_ray": 32,
+        "field.radius": 1.0,
+        "field.log2_hashmap_size": 16,
+        "preview_every": 100,
+        "checkpoint_every": 200,
+        "preview_size": 64,
+        "turntable_views": 4,
+        "guidance_scale": 0.0,
+        "inversion_guidance_scale": 0.0,
+        "perp_neg": False,
+        **{f"cameras.{k}": v for k, v in TOY_CAMERAS.items()},
+    },
     # A quick look: a fifth of the paper's steps at half its resolution.
     "draft": {"steps": 2000, "resolution": 256, "renderer.num_samples_per_ray": 256},
     # Half the paper's steps at full resolution: most of the quality in half the time.
@@ -146,8 +164,7 @@ class TrainConfig:
             raise UserError(f"batch size must be positive, got {self.batch_size}")
         if not 0 < self.t_min <= self.t_max < 1:
             raise UserError(f"need 0 < t_min ({self.t_min}) <= t_max ({self.t_max}) < 1")
-        for name in ("preview_every", "checkpoint_every", "preview_size", "turntable_views",
-                     "schedule_steps"):
+        for name in ("preview_every", "checkpoint_every", "preview_size", "turntable_views", "schedule_steps"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if self.renderer.num_samples_per_ray <= 0:

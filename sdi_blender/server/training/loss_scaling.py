@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-INIT_SCALE = 2.0 ** 16
+INIT_SCALE = 2.0**16
 """The official config's initial loss scale."""
 
 

@@ -47,12 +47,12 @@ class Prior(Protocol):
     def apply_speed(self, speed: Any) -> None:
         """Apply a :class:`~sdi_blender.server.diffusion.prior.SpeedConfig` (a no-op where meaningless)."""
 
-    def encode_prompt(self, prompt: str, negative_prompt: str = "",
-                      options: PromptOptions | None = None) -> Any:
+    def encode_prompt(self, prompt: str, negative_prompt: str = "", options: PromptOptions | None = None) -> Any:
         """Encode a job's prompts once; the result goes back into :meth:`predictor`."""
 
-    def predictor(self, embeddings: Any, elevation_deg: Tensor | None = None,
-                  azimuth_deg: Tensor | None = None) -> NoisePredictor:
+    def predictor(
+        self, embeddings: Any, elevation_deg: Tensor | None = None, azimuth_deg: Tensor | None = None
+    ) -> NoisePredictor:
         """The guided noise predictor for those prompts and (optionally) a batch of cameras [B]."""
 
     def encode_images(self, rgb: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -62,8 +62,7 @@ class Prior(Protocol):
         """Latents → [B, 3, H, W] images in [0, 1]."""
 
 
-def load_prior(model: str, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None) -> Prior:
+def load_prior(model: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Prior:
     """The prior ``model`` names: ``toyworld``, or any Stable-Diffusion-family model."""
     from ..diffusion.model_source import TOYWORLD
 

@@ -106,8 +106,9 @@ def convexity_loss(comp_normal: Tensor, res: int = 8) -> Tensor:
     surface. It is a heuristic: it acts on encoded world-space normals, so its value for a
     given shape depends on the view (a sphere scores lower from +X than from −X).
     """
-    n = F.interpolate(comp_normal.permute(0, 3, 1, 2), size=(res, res), mode="bilinear",
-                      align_corners=False).permute(0, 2, 3, 1)  # [B, res, res, 3]
+    n = F.interpolate(comp_normal.permute(0, 3, 1, 2), size=(res, res), mode="bilinear", align_corners=False).permute(
+        0, 2, 3, 1
+    )  # [B, res, res, 3]
     left, right = n[:, :, :-1], n[:, :, 1:]
     up, down = n[:, :-1], n[:, 1:]  # row 0 is the top of the image
     horizontal = torch.linalg.cross(left, right, dim=-1)[..., 2]

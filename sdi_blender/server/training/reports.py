@@ -21,8 +21,7 @@ def loss_curve_png(history: list[dict[str, float]]) -> bytes:
 
     steps = [h["step"] for h in history]
     names = [n for n in CURVES if history and n in history[0]]
-    fig, axes = plt.subplots(len(names), 1, figsize=(6, 1.6 * max(len(names), 1)), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(len(names), 1, figsize=(6, 1.6 * max(len(names), 1)), sharex=True, squeeze=False)
     for ax, name in zip(axes[:, 0], names):
         values = [h[name] for h in history]
         ax.plot(steps, values, lw=0.6, alpha=0.4)

@@ -29,8 +29,9 @@ RUN_ENTRIES = (CONFIG, STATE, "checkpoints", METRICS, PREVIEWS, LOSS_CURVE, TURN
 
 def write_state(run: Path, status: str, step: int, total: int, message: str = "") -> None:
     """Record the run's status: running, done, cancelled, interrupted or failed."""
-    atomic_write(run / STATE, json.dumps({"status": status, "step": step, "total": total,
-                                          "message": message}, indent=2))
+    atomic_write(
+        run / STATE, json.dumps({"status": status, "step": step, "total": total, "message": message}, indent=2)
+    )
 
 
 def read_state(run: Path) -> dict:
@@ -59,11 +60,13 @@ def check_new_run(run: Path, overwrite: bool) -> None:
     """Raise unless ``run`` can take a new run: an existing or foreign one needs ``overwrite``."""
     if run.is_dir() and not overwrite:
         if (run / CONFIG).exists():
-            raise UserError(f"'{run}' already holds a run",
-                            hint="continue it with --resume, or replace it with --overwrite")
+            raise UserError(
+                f"'{run}' already holds a run", hint="continue it with --resume, or replace it with --overwrite"
+            )
         if any(run.iterdir()):
-            raise UserError(f"'{run}' is not empty and holds no run",
-                            hint="choose an empty or new folder, or pass --overwrite")
+            raise UserError(
+                f"'{run}' is not empty and holds no run", hint="choose an empty or new folder, or pass --overwrite"
+            )
     _check_writable(run)
 
 

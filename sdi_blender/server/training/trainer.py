@@ -127,9 +127,17 @@ class Trainer:
     ``timer`` (benchmarks) times the stages of each step; by default nothing is timed.
     """
 
-    def __init__(self, config: TrainConfig, run: Path, *, prior: Prior | None = None,
-                 device: str = "auto", callbacks: TrainerCallbacks | None = None,
-                 resume: bool = False, timer: StepTimer | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        run: Path,
+        *,
+        prior: Prior | None = None,
+        device: str = "auto",
+        callbacks: TrainerCallbacks | None = None,
+        resume: bool = False,
+        timer: StepTimer | None = None,
+    ) -> None:
         config.validate()
         self.config, self.run_path = config, Path(run)
         self.callbacks = callbacks or TrainerCallbacks()
@@ -143,24 +151,33 @@ class Trainer:
         torch.manual_seed(config.seed)  # the field's initialisation
         self.field = ImplicitVolume(config.field).to(self.device)
         self.background = EnvironmentBackground(config.background).to(self.device)
-        self.renderer = VolumeRenderer(self.field, self.background, config.field.radius,
-                                       config.renderer, config.shading).to(self.device)
+        self.renderer = VolumeRenderer(
+            self.field, self.background, config.field.radius, config.renderer, config.shading
+        ).to(self.device)
         self.scaler = make_scaler(self.device, self.prior.dtype)
         self.optimizer = make_adam(
-            [{"params": self.field.parameters(), "lr": config.lr},
-             {"params": self.background.parameters(), "lr": config.background_lr}],
-            self.scaler, betas=config.betas, eps=config.eps)
+            [
+                {"params": self.field.parameters(), "lr": config.lr},
+                {"params": self.background.parameters(), "lr": config.background_lr},
+            ],
+            self.scaler,
+            betas=config.betas,
+            eps=config.eps,
+        )
         self.gen_cpu = torch.Generator().manual_seed(config.seed)
-        self.gen_dev = (self.gen_cpu if self.device.type == "cpu"
-                        else torch.Generator(self.device).manual_seed(config.seed))
+        self.gen_dev = (
+            self.gen_cpu if self.device.type == "cpu" else torch.Generator(self.device).manual_seed(config.seed)
+        )
         self.step = self.saved_step = 0
         self.status = "running"
         self.history: list[dict[str, float]] = []
         if resume:
             self._load_checkpoint()
         self.embeddings = self.prior.encode_prompt(
-            config.prompt, config.negative_prompt,
-            PromptOptions(view_dependent=config.view_dependent, perp_neg=config.perp_neg))
+            config.prompt,
+            config.negative_prompt,
+            PromptOptions(view_dependent=config.view_dependent, perp_neg=config.perp_neg),
+        )
 
     # -- one step -------------------------------------------------------------------------
     def train_step(self) -> tuple[int, dict[str, torch.Tensor]]:
@@ -170,8 +187,7 @@ class Trainer:
         with stage("grid"):
             self.renderer.update_grid(self.step)
         with stage("render"):
-            host_cams = sample_cameras(cfg.cameras, cfg.batch_size, cfg.resolution, cfg.resolution,
-                                       self.gen_cpu)
+            host_cams = sample_cameras(cfg.cameras, cfg.batch_size, cfg.resolution, cfg.resolution, self.gen_cpu)
             cams = _cameras_to(host_cams, self.device)
             shading = pick_shading(cfg.shading, paper_step, self.gen_cpu)
             out = self.renderer(cams, shading, self.gen_cpu, stratified=True)
@@ -184,11 +200,21 @@ class Trainer:
             self._time_backward(latents, out.rgb)
         guidance = ScoreDistillation(
             self.prior.predictor(self.embeddings, host_cams.elevation_deg, host_cams.azimuth_deg),
-            cfg.method, guidance_scale=cfg.guidance_scale,
-            inversion_guidance_scale=cfg.inversion_guidance_scale, inversion_step=cfg.inversion_step,
-            inversion_eta=cfg.inversion_eta, delta_generator=self.gen_cpu, stage=stage)
-        t = annealed_timestep(min(self.step, cfg.schedule_steps), cfg.schedule_steps, cfg.t_max,
-                              cfg.t_min, self.prior.alphas_cumprod.shape[0])
+            cfg.method,
+            guidance_scale=cfg.guidance_scale,
+            inversion_guidance_scale=cfg.inversion_guidance_scale,
+            inversion_step=cfg.inversion_step,
+            inversion_eta=cfg.inversion_eta,
+            delta_generator=self.gen_cpu,
+            stage=stage,
+        )
+        t = annealed_timestep(
+            min(self.step, cfg.schedule_steps),
+            cfg.schedule_steps,
+            cfg.t_max,
+            cfg.t_min,
+            self.prior.alphas_cumprod.shape[0],
+        )
         terms = {
             "guidance": guidance.loss(latents, t, self.gen_dev)[0],
             "orient": reg.orientation_loss(out.orient, out.opacity),
@@ -247,9 +273,11 @@ class Trainer:
         self._losses.pending.clear()
         names = ", ".join(bad)
         self._set_state("failed", f"loss became NaN/inf at step {step} ({names})")
-        raise LossDiverged(f"the loss became NaN or infinite at step {step} ({names}); "
-                           f"stopped, the last good checkpoint (step {self.saved_step}) is kept",
-                           hint="lower the learning rate or guidance scale, or change the seed")
+        raise LossDiverged(
+            f"the loss became NaN or infinite at step {step} ({names}); "
+            f"stopped, the last good checkpoint (step {self.saved_step}) is kept",
+            hint="lower the learning rate or guidance scale, or change the seed",
+        )
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, cancel: Callable[[], bool] | None = None) -> RunResult:
@@ -294,8 +322,9 @@ class Trainer:
         from .reports import loss_curve_png, strip_png
 
         size = min(max(self.config.resolution, self.config.preview_size), 256)
-        run_dir.atomic_write(self.run_path / run_dir.TURNTABLE,
-                             strip_png(self.render_views(self.config.turntable_views, size)))
+        run_dir.atomic_write(
+            self.run_path / run_dir.TURNTABLE, strip_png(self.render_views(self.config.turntable_views, size))
+        )
         run_dir.atomic_write(self.run_path / run_dir.LOSS_CURVE, loss_curve_png(self.history))
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -303,18 +332,21 @@ class Trainer:
         """Write the checkpoint, after checking and recording every step's loss values."""
         self.report_progress(wait=True)
         state = {
-            "step": self.step, "config": json.loads(self.config.to_json()),
-            "field": self.field.state_dict(), "background": self.background.state_dict(),
+            "step": self.step,
+            "config": json.loads(self.config.to_json()),
+            "field": self.field.state_dict(),
+            "background": self.background.state_dict(),
             "renderer": self.renderer.estimator.state_dict() if self.renderer.estimator else None,
-            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "history": self.history,
-            "gen_cpu": self.gen_cpu.get_state(), "gen_dev": self.gen_dev.get_state(),
+            "gen_cpu": self.gen_cpu.get_state(),
+            "gen_dev": self.gen_dev.get_state(),
         }
         path = self.run_path / run_dir.CHECKPOINT
         checkpoint.save(path, state)
         self.saved_step = self.step
-        run_dir.atomic_write(self.run_path / run_dir.METRICS,
-                             "".join(json.dumps(h) + "\n" for h in self.history))
+        run_dir.atomic_write(self.run_path / run_dir.METRICS, "".join(json.dumps(h) + "\n" for h in self.history))
         self._set_state(self.status)  # the step a resume starts from
         self.callbacks.on_checkpoint(self.step, path)
         return path
@@ -324,9 +356,10 @@ class Trainer:
         state = checkpoint.read(path)
         changed = incompatibilities(state["config"], self.config)
         if changed:
-            raise UserError(f"checkpoint '{path}' is incompatible with the run's config "
-                            f"(changed: {', '.join(changed)})",
-                            hint="resume with the settings the run was created with")
+            raise UserError(
+                f"checkpoint '{path}' is incompatible with the run's config (changed: {', '.join(changed)})",
+                hint="resume with the settings the run was created with",
+            )
         checkpoint.load_into(self.field, state["field"], path, "field settings")
         checkpoint.load_into(self.background, state["background"], path, "background settings")
         if self.renderer.estimator is not None and state["renderer"] is not None:
@@ -351,8 +384,9 @@ class Trainer:
 def _cameras_to(cams: Cameras, device: torch.device) -> Cameras:
     """``cams`` on ``device``, copied without waiting for the GPU's queue (see ``to_device``)."""
     tensors = {f.name: getattr(cams, f.name) for f in dataclasses.fields(cams)}
-    return dataclasses.replace(cams, **{k: to_device(v, device) for k, v in tensors.items()
-                                        if isinstance(v, torch.Tensor)})
+    return dataclasses.replace(
+        cams, **{k: to_device(v, device) for k, v in tensors.items() if isinstance(v, torch.Tensor)}
+    )
 
 
 def _finite(x: float) -> bool:

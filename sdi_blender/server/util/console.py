@@ -11,8 +11,7 @@ class StepBar:
     def __init__(self, total: int, initial: int = 0, label: str | None = None) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, desc=label, unit="step", dynamic_ncols=True,
-                        file=sys.stderr)
+        self.bar = tqdm(total=total, initial=initial, desc=label, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def update(self, step: int, t: int, loss: float) -> None:
         """Move to ``step`` (absolute) and show t and the loss."""

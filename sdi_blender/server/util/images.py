@@ -44,8 +44,9 @@ def check_output_path(path: Path) -> None:
     if path.is_dir():
         raise UserError(f"output path '{path}' is a directory")
     if path.suffix.lower() not in FORMATS:
-        raise UserError(f"unsupported output format '{path.suffix or path.name}'",
-                        hint=f"use one of {', '.join(FORMATS)}")
+        raise UserError(
+            f"unsupported output format '{path.suffix or path.name}'", hint=f"use one of {', '.join(FORMATS)}"
+        )
     folder = path.parent
     if not folder.is_dir():
         raise UserError(f"output folder '{folder}' does not exist")

@@ -124,5 +124,7 @@ def summarise(steps: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     """Median and mean milliseconds of each part over ``steps`` (from :meth:`StepTimer.results`)."""
     parts = [step_parts(ms) for ms in steps]
     names = list(parts[0])
-    return {"median_ms": {k: statistics.median(p[k] for p in parts) for k in names},
-            "mean_ms": {k: statistics.fmean(p[k] for p in parts) for k in names}}
+    return {
+        "median_ms": {k: statistics.median(p[k] for p in parts) for k in names},
+        "mean_ms": {k: statistics.fmean(p[k] for p in parts) for k in names},
+    }
