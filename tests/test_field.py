@@ -239,11 +239,10 @@ def test_normal_gradient_w_r_t_parameters_is_exact():
     x = sphere_points(4, 0.4).double()
     names = ["encoding.params", "density_mlp.0.weight"]
     tensors = [dict(field.named_parameters())[n].detach().clone().requires_grad_() for n in names]
-    fn = lambda *ps: (
-        torch.func.functional_call(
-            field, dict(zip(names, ps)), (x,), {"with_normals": True}
-        ).normal
-    )
+
+    def fn(*ps):
+        return torch.func.functional_call(field, dict(zip(names, ps)), (x,), {"with_normals": True}).normal
+
     torch.autograd.gradcheck(fn, tuple(tensors))
 
 
