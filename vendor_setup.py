@@ -31,10 +31,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import NamedTuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -62,7 +61,7 @@ class TorchChoice(NamedTuple):
     """The torch requirement to install, extra pip arguments, and why."""
 
     spec: str
-    pip_args: list[str]
+    pip_args: List[str]
     reason: str
 
 
@@ -70,13 +69,13 @@ class UsageParser(argparse.ArgumentParser):
     """ArgumentParser whose usage errors are one ``error:`` line (exit 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message} (see --help)", file=sys.stderr)
+        print("error: {} (see --help)".format(message), file=sys.stderr)
         sys.exit(2)
 
 
 def step(message: str) -> None:
     """Print a progress line; flushed so it stays in order with pip's output."""
-    print(f"{PREFIX} {message}", flush=True)
+    print("{} {}".format(PREFIX, message), flush=True)
 
 
 def check_python(version: Sequence[int], where: str) -> None:
@@ -84,7 +83,7 @@ def check_python(version: Sequence[int], where: str) -> None:
     if tuple(version[:2]) < MIN_PYTHON:
         found = ".".join(str(part) for part in version[:3])
         need = ".".join(str(part) for part in MIN_PYTHON)
-        raise SetupError(f"Python {found} found ({where}), but sdi-blender needs Python {need} or newer")
+        raise SetupError("Python {} found ({}), but sdi-blender needs Python {} or newer".format(found, where, need))
 
 
 def venv_python(venv: Path, windows: bool = os.name == "nt") -> Path:
@@ -95,31 +94,31 @@ def venv_python(venv: Path, windows: bool = os.name == "nt") -> Path:
 def check_venv_target(venv: Path) -> None:
     """Refuse a ``--venv`` that is a file or a non-empty directory that is no venv."""
     if venv.exists() and not venv.is_dir():
-        raise SetupError(f"--venv {venv} is not a directory")
+        raise SetupError("--venv {} is not a directory".format(venv))
     if venv.is_dir() and not (venv / "pyvenv.cfg").is_file() and any(venv.iterdir()):
-        raise SetupError(f"--venv {venv} exists but is not a virtual environment (no pyvenv.cfg)")
+        raise SetupError("--venv {} exists but is not a virtual environment (no pyvenv.cfg)".format(venv))
 
 
 def create_venv(venv: Path) -> None:
     """Create ``venv`` with pip, using the interpreter that runs this script."""
-    step(f"creating venv at {venv} with {sys.executable}")
+    step("creating venv at {} with {}".format(venv, sys.executable))
     try:  # stderr is kept so that its gist lands in our single error line
         proc = subprocess.run([sys.executable, "-m", "venv", str(venv)], stderr=subprocess.PIPE, text=True)
     except OSError as exc:
-        raise SetupError(f"could not create the venv at {venv}: {exc}") from exc
+        raise SetupError("could not create the venv at {}: {}".format(venv, exc)) from exc
     if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines() or [f"python -m venv exited with {proc.returncode}"]
-        raise SetupError(f"could not create the venv at {venv}: {lines[-1].strip()}")
+        lines = proc.stderr.strip().splitlines() or ["python -m venv exited with {}".format(proc.returncode)]
+        raise SetupError("could not create the venv at {}: {}".format(venv, lines[-1].strip()))
 
 
-def query_python(python: Path) -> dict[str, str]:
+def query_python(python: Path) -> Dict[str, str]:
     """Version, wheel tag, platform and machine of the interpreter ``python``."""
     try:
         proc = subprocess.run([str(python), "-I", "-B", "-c", PYINFO_CODE], capture_output=True, text=True)
     except OSError as exc:
-        raise SetupError(f"cannot run the venv's python {python}: {exc}") from exc
+        raise SetupError("cannot run the venv's python {}: {}".format(python, exc)) from exc
     if proc.returncode != 0:
-        raise SetupError(f"the venv's python {python} does not run (exit code {proc.returncode})")
+        raise SetupError("the venv's python {} does not run (exit code {})".format(python, proc.returncode))
     return json.loads(proc.stdout)
 
 
@@ -134,7 +133,7 @@ def nvidia_present() -> bool:
         return False
 
 
-def parse_find_links(config_text: str, env: Mapping[str, str]) -> list[str]:
+def parse_find_links(config_text: str, env: Mapping[str, str]) -> List[str]:
     """find-links entries from ``pip config list`` output and PIP_FIND_LINKS."""
     entries = []  # type: List[str]
     for line in config_text.splitlines():
@@ -150,7 +149,7 @@ def parse_find_links(config_text: str, env: Mapping[str, str]) -> list[str]:
     return list(dict.fromkeys(entries))  # keeps order, drops duplicates
 
 
-def local_paths(entries: Sequence[str]) -> list[Path]:
+def local_paths(entries: Sequence[str]) -> List[Path]:
     """The find-links entries that are on this disk (plain paths or file:// URLs)."""
     paths = []
     for entry in entries:
@@ -162,7 +161,7 @@ def local_paths(entries: Sequence[str]) -> list[Path]:
     return paths
 
 
-def pip_find_links(python: Path, env: Mapping[str, str]) -> list[Path]:
+def pip_find_links(python: Path, env: Mapping[str, str]) -> List[Path]:
     """Local find-links locations as the venv's pip sees them."""
     proc = subprocess.run([str(python), "-B", "-m", "pip", "config", "list"], capture_output=True, text=True)
     return local_paths(parse_find_links(proc.stdout if proc.returncode == 0 else "", env))
@@ -177,11 +176,11 @@ def _wheel_fits(match: "re.Match[str]", pyinfo: Mapping[str, str]) -> bool:
     return any(family in plat and plat.endswith(machine) for plat in match.group("plat").split("."))
 
 
-def _version_key(version: str) -> list[int]:
+def _version_key(version: str) -> List[int]:
     return [int(part) for part in re.findall(r"\d+", version.split("+")[0])]
 
 
-def find_cpu_wheel(locations: Sequence[Path], pyinfo: Mapping[str, str]) -> str | None:
+def find_cpu_wheel(locations: Sequence[Path], pyinfo: Mapping[str, str]) -> Optional[str]:
     """Highest version of a fitting ``torch-*+cpu-*.whl`` in ``locations``, if any."""
     versions = []
     for location in locations:
@@ -218,7 +217,7 @@ def choose_torch(
     )
 
 
-def stamp_data(dev: bool, choice: TorchChoice, pyinfo: Mapping[str, str]) -> dict[str, object]:
+def stamp_data(dev: bool, choice: TorchChoice, pyinfo: Mapping[str, str]) -> Dict[str, object]:
     """What an installation depends on; a change in any of it means reinstall."""
     pyproject = (REPO / "pyproject.toml").read_bytes()
     return {
@@ -255,7 +254,7 @@ def pip_install(python: Path, args: Sequence[str], step_name: str, package: str)
     step("{}: pip install {}".format(step_name, " ".join(args)))
     code = subprocess.run([str(python), "-m", "pip", "install"] + list(args)).returncode
     if code != 0:
-        raise SetupError(f"step '{step_name}' failed: pip could not install {package} (exit code {code})")
+        raise SetupError("step '{}' failed: pip could not install {} (exit code {})".format(step_name, package, code))
 
 
 def install(venv: Path, python: Path, dev: bool, choice: TorchChoice) -> None:
@@ -269,10 +268,10 @@ def install(venv: Path, python: Path, dev: bool, choice: TorchChoice) -> None:
 
 
 # The Blender side needs no torch code: the server runs from the venv, not from Blender.
-ADDON_SKIP = ("server", "__pycache__")
+ADDON_SKIP = ("server", "__pycache__", "cli.py", "blender_app.py")
 
 
-def addon_files() -> list[tuple[Path, str]]:
+def addon_files() -> List[Tuple[Path, str]]:
     """(file, name in the zip) of the add-on: the package's Blender-side files at the root."""
     package = REPO / "sdi_blender"
     found = [(REPO / "blender_manifest.toml", "blender_manifest.toml")]
@@ -283,7 +282,7 @@ def addon_files() -> list[tuple[Path, str]]:
     return found
 
 
-def addon_zip_bytes(files: Sequence[tuple[Path, str]]) -> bytes:
+def addon_zip_bytes(files: Sequence[Tuple[Path, str]]) -> bytes:
     """A deterministic zip (fixed timestamps, sorted names), so a rebuild is byte-identical."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -302,13 +301,13 @@ def build_addon(dist: Path) -> Path:
     target = dist / "{}-{}.zip".format(manifest["id"], manifest["version"])
     data = addon_zip_bytes(addon_files())
     if target.is_file() and target.read_bytes() == data:
-        step(f"add-on {target} is up to date")
+        step("add-on {} is up to date".format(target))
         return target
     dist.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(str(tmp), str(target))
-    step(f"wrote the Blender add-on {target}")
+    step("wrote the Blender add-on {}".format(target))
     return target
 
 
@@ -322,7 +321,7 @@ def _blender_app() -> ModuleType:
     return blender_app
 
 
-def locate_blender(explicit: str | None) -> str | None:
+def locate_blender(explicit: Optional[str]) -> Optional[str]:
     """The Blender to install into (see blender_app.find_blender); a bad explicit one is a SetupError."""
     app = _blender_app()
     try:
@@ -331,7 +330,7 @@ def locate_blender(explicit: str | None) -> str | None:
         raise SetupError(exc.one_line()) from exc
 
 
-def install_into_blender(blender: str, zip_path: Path, server_python: Path | None) -> None:
+def install_into_blender(blender: str, zip_path: Path, server_python: Optional[Path]) -> None:
     """Install and enable the add-on in ``blender``, its preferences pointing at ``server_python``.
 
     Done on every run that finds Blender (two short background starts): the user may
@@ -342,11 +341,11 @@ def install_into_blender(blender: str, zip_path: Path, server_python: Path | Non
         app.install_extension(blender, zip_path, None if server_python is None else str(server_python))
     except app.BlenderError as exc:
         raise SetupError(exc.one_line()) from exc
-    where = "" if server_python is None else f"; its server python is {server_python}"
-    step(f"the add-on is installed and enabled in Blender {blender}{where}")
+    where = "" if server_python is None else "; its server python is {}".format(server_python)
+    step("the add-on is installed and enabled in Blender {}{}".format(blender, where))
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = UsageParser(prog="vendor_setup.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--venv", type=Path, default=REPO / ".venv", help="where the venv goes (default: .venv beside this script)"
@@ -375,21 +374,21 @@ def setup(venv: Path, dev: bool, env: Mapping[str, str]) -> None:
     if not python.exists():
         create_venv(venv)
     else:
-        step(f"reusing venv at {venv}")
+        step("reusing venv at {}".format(venv))
     pyinfo = query_python(python)
     check_python([int(part) for part in pyinfo["version"].split(".")], str(python))
     choice = choose_torch(env, pyinfo, nvidia_present(), pip_find_links(python, env))
     step("torch build: {} ({})".format(" ".join(choice.pip_args + [choice.spec]), choice.reason))
     data = stamp_data(dev, choice, pyinfo)
     if stamp_matches(venv, data) and imports_ok(python):
-        step(f"environment at {venv} is up to date; nothing to do")
+        step("environment at {} is up to date; nothing to do".format(venv))
         return
     install(venv, python, dev, choice)
     write_stamp(venv, data)
-    step(f"done; server python: {python}")
+    step("done; server python: {}".format(python))
 
 
-def main(argv: Sequence[str] | None = None, version_info: Sequence[int] = sys.version_info) -> int:
+def main(argv: Optional[Sequence[str]] = None, version_info: Sequence[int] = sys.version_info) -> int:
     """Entry point; returns the exit code."""
     try:
         check_python(version_info, sys.executable)
@@ -398,7 +397,7 @@ def main(argv: Sequence[str] | None = None, version_info: Sequence[int] = sys.ve
         if args.print_python:
             check_venv_target(venv)
             if not venv_python(venv).exists():
-                raise SetupError(f"no environment at {venv}; run python vendor_setup.py first")
+                raise SetupError("no environment at {}; run python vendor_setup.py first".format(venv))
             print(venv_python(venv))
             return 0
         # Found (or refused) before the venv is made, so a bad --blender changes nothing.
@@ -416,7 +415,7 @@ def main(argv: Sequence[str] | None = None, version_info: Sequence[int] = sys.ve
                 "without it, sdi-blender export writes RUN_DIR/export/mesh.glb to import by hand"
             )
     except (SetupError, OSError) as exc:  # OSError: e.g. no permission to write the venv
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: {}".format(exc), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

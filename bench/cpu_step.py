@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from sdi_blender.server.diffusion.prior import StableDiffusionPrior
-from sdi_blender.server.scene.field import HashGridEncoding
+from sdi_blender.server.scene.encoding import HashGridEncoding
 from sdi_blender.server.training import run_dir
 from sdi_blender.server.training.config import make_config
 from sdi_blender.server.training.trainer import Trainer

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from sdi_blender.server.commands.generate import GenerateRequest, run_generate
+from sdi_blender.server.commands.generate import run_generate
 from sdi_blender.server.diffusion.guidance import METHODS, ScoreDistillation
 from sdi_blender.server.diffusion.prompts import PromptOptions
 from sdi_blender.server.scene.cameras import orbit_cameras
@@ -30,6 +30,7 @@ from sdi_blender.server.toyworld.objects import TOY_OBJECTS, toy_object
 from sdi_blender.server.toyworld.prior import ToyWorldPrior
 from sdi_blender.server.toyworld.render import orbit_views, render_toy
 from sdi_blender.server.training.checkpoint import load_renderer
+from sdi_blender.server.training.plan import GenerateRequest
 
 TIMESTEPS = (800, 600, 400, 300)
 AZIMUTHS = tuple(float(a) for a in range(0, 360, 30))

@@ -14,7 +14,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from .catalog import mesh_file
 from .errors import UserError
 
 # The add-on's module name once installed from a zip into Blender's default user repository.
@@ -130,7 +132,7 @@ def import_expression(run_dir: Path) -> str:
     without the add-on still gets the GLB through its own glTF importer.
     """
     run_dir = Path(run_dir).resolve()
-    glb = run_dir / "export" / "mesh.glb"
+    glb = run_dir / mesh_file("glb")
     return (
         f"import bpy; bpy.ops.sdi.import_run(run_dir={str(run_dir)!r}) if 'import_run' in dir(bpy.ops.sdi) "
         f"else bpy.ops.import_scene.gltf(filepath={str(glb)!r})"
@@ -143,8 +145,9 @@ def open_in_blender(blender: str, run_dir: Path) -> subprocess.Popen:
     Blender runs in its own session with no terminal I/O, so it outlives the command
     that started it and Ctrl-C there does not close it.
     """
-    if os.name == "nt":
-        detach: dict = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    detach: dict[str, Any]
+    if sys.platform == "win32":  # (not os.name: type checkers narrow on sys.platform)
+        detach = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
     else:
         detach = {"start_new_session": True}
     try:

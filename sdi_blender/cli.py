@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .catalog import DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT_PRESET, DEVICE_HELP, EXPORT_FORMATS, METHODS, PRESETS
+from .errors import UserError, run_command
 
 PROG = "sdi-blender"
 
@@ -25,6 +26,11 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         print(f"{PROG}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+PRESET_HELP = f"quality preset (default {DEFAULT_PRESET}): " + "; ".join(
+    f"{name}: {p.description}" for name, p in PRESETS.items()
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +56,7 @@ def _add_distill2d(sub: argparse._SubParsersAction) -> None:
     # Unset options (None) take Distill2DConfig's defaults, the paper's: one source of truth.
     p.add_argument("prompt", help="what the image should show")
     p.add_argument("--negative-prompt", help="CFG's unconditional prompt (default: empty)")
-    p.add_argument("--method", choices=("sdi", "sds"), help="sdi (default) or sds")
+    p.add_argument("--method", choices=tuple(METHODS), help=f"{' or '.join(METHODS)} (default {DEFAULT_METHOD})")
     p.add_argument("--steps", type=int, help="optimisation steps (default 1000)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 0.1)")
@@ -60,10 +66,9 @@ def _add_distill2d(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames", type=int, help="snapshots in the strip image (default 8)")
     p.add_argument(
         "--model",
-        help="hub id (default stabilityai/stable-diffusion-2-1-base), "
-        "local diffusers directory, or 'tiny' (built-in test model)",
+        help=f"hub id (default {DEFAULT_MODEL}), local diffusers directory, or 'tiny' (built-in test model)",
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--out",
         type=Path,
@@ -95,10 +100,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", dest="prompt_option", help="a new prompt (with --resume)")
     p.add_argument(
         "--preset",
-        choices=("test", "toy", "draft", "standard", "paper"),
-        help="quality preset (default standard; paper = 10,000 steps at 512x512)",
+        choices=tuple(PRESETS),
+        help=PRESET_HELP,
     )
-    p.add_argument("--method", choices=("sdi", "sds"), help="sdi (default) or sds")
+    p.add_argument("--method", choices=tuple(METHODS), help=f"{' or '.join(METHODS)} (default {DEFAULT_METHOD})")
     p.add_argument("--steps", type=int, help="steps (with --resume: steps to add)")
     p.add_argument("--resolution", type=int, help="render size in pixels, a multiple of 8")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -116,13 +121,14 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preview-every", type=int, help="steps between previews")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.set_defaults(func=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from .server.commands.generate import GenerateRequest, run_generate
+    from .server.commands.generate import run_generate
+    from .server.training.plan import GenerateRequest
 
     if (args.out is None) == (args.resume is None):
         raise UserError("give exactly one of --out RUN_DIR (a new run) and --resume RUN_DIR")
@@ -142,6 +148,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         "preview_every",
         "checkpoint_every",
     )
+    settings = {k: getattr(args, k) for k in names}
     req = GenerateRequest(
         out=(args.out or args.resume).expanduser(),
         resume=args.resume is not None,
@@ -149,12 +156,12 @@ def _run_generate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         preset=args.preset,
-        settings={k: getattr(args, k) for k in names},
+        settings=settings,
     )
-    if req.settings.get("model"):
+    if settings.get("model"):
         from .server.diffusion.model_source import check_model_name
 
-        check_model_name(req.settings["model"])
+        check_model_name(settings["model"])
     result = run_generate(req)
     return 130 if result.status == "cancelled" else 0
 
@@ -182,8 +189,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--texture-size", type=int, default=1024, help="texture side, a power of two (default 1024)")
     p.add_argument("--faces", type=int, help="decimate to about N triangles")
-    p.add_argument("--format", choices=("glb", "obj"), default="glb", help="glb (default) or obj")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="glb", help="glb (default) or obj")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--open",
         action="store_true",
@@ -235,42 +242,13 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
+    from .server.service.server import DESCRIPTION, add_arguments, run_from_args
+
     p = sub.add_parser(
-        "serve",
-        help="run the generation server that the Blender add-on talks to",
-        description="Serve generate/continue/export jobs over a local TCP socket (JSON lines). "
-        'Prints one JSON line {"event": "listening", ...} when ready.',
+        "serve", help="run the generation server that the Blender add-on talks to", description=DESCRIPTION
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
-    p.add_argument("--token-file", type=Path, help="where to write the access token (default JOBS_DIR/server.token)")
-    p.add_argument("--jobs-dir", type=Path, help="job folders (default ~/.cache/sdi-blender/jobs)")
-    p.add_argument(
-        "--model",
-        help="default model of generate jobs: hub id (default "
-        "stabilityai/stable-diffusion-2-1-base), local diffusers directory or 'tiny'",
-    )
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    p.add_argument(
-        "--allow-remote", action="store_true", help="allow a non-loopback --host (the token is sent in clear text)"
-    )
-    p.set_defaults(func=_run_serve)
-
-
-def _run_serve(args: argparse.Namespace) -> int:
-    from .server.service.server import serve
-
-    if not 0 <= args.port <= 65535:
-        raise UserError(f"port must be between 0 and 65535, got {args.port}")
-    return serve(
-        host=args.host,
-        port=args.port,
-        token_file=args.token_file,
-        jobs_dir=args.jobs_dir,
-        model=args.model,
-        device=args.device,
-        allow_remote=args.allow_remote,
-    )
+    add_arguments(p)
+    p.set_defaults(func=run_from_args)
 
 
 _CLIP_HELP = (
@@ -283,7 +261,7 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", type=int, default=8, help="evenly spaced views per run (default 8)")
     p.add_argument("--size", type=int, default=256, help="view size in pixels (default 256)")
     p.add_argument("--clip", help=_CLIP_HELP)
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -340,7 +318,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per method (default 3)")
     p.add_argument(
         "--preset",
-        choices=("test", "toy", "draft", "standard", "paper"),
+        choices=tuple(PRESETS),
         default="draft",
         help="quality preset (default draft)",
     )
@@ -397,14 +375,7 @@ def _run_distill2d(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sdi-blender`` console script."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as exc:
-        print(f"{PROG}: error: {exc.one_line()}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    return run_command(PROG, lambda: args.func(args))
 
 
 if __name__ == "__main__":

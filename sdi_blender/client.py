@@ -19,15 +19,28 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .protocol import MAX_MESSAGE_BYTES, PROTOCOL_VERSION, decode, encode
+from .protocol import CLIENT_ERROR_CODES, ERROR_CODES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, decode, encode, error_event
 
 
 class ServerError(Exception):
     """An ``error`` event in reply to a request, or a broken connection."""
 
     def __init__(self, code: str, message: str, hint: str = "") -> None:
+        if code not in ERROR_CODES and code not in CLIENT_ERROR_CODES:
+            raise ValueError(f"'{code}' is not a protocol error code")
         super().__init__(f"{message}; {hint}" if hint else message)
         self.code, self.message, self.hint = code, message, hint
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> ServerError:
+        """The error an ``error`` event reports (a code this client does not know reads as internal)."""
+        code = event.get("code")
+        known = code if isinstance(code, str) and code in ERROR_CODES else "internal"
+        return cls(known, str(event.get("message", "")), str(event.get("hint", "")))
+
+
+JOB_REQUESTS = ("generate", "continue", "export")
+"""Requests that queue a job: one whose reply comes too late is cancelled, never orphaned."""
 
 
 class Client:
@@ -38,6 +51,7 @@ class Client:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._ids = itertools.count(1)
         self._waiting: dict[Any, queue.Queue[dict[str, Any]]] = {}
+        self._abandoned: set[Any] = set()  # job requests given up on: a late "queued" is cancelled
         self._lock = threading.Lock()
         try:
             self._sock = socket.create_connection((host, port), timeout=timeout)
@@ -66,12 +80,15 @@ class Client:
             try:
                 reply = box.get(timeout=timeout or self.timeout)
             except queue.Empty:
+                if kind in JOB_REQUESTS:  # reported failed here, so it must not run there
+                    with self._lock:
+                        self._abandoned.add(rid)
                 raise ServerError("timeout", f"no reply to '{kind}' within {timeout or self.timeout} s") from None
         finally:
             with self._lock:
                 self._waiting.pop(rid, None)
         if reply.get("event") == "error":
-            raise ServerError(reply.get("code", "internal"), reply.get("message", ""), reply.get("hint", ""))
+            raise ServerError.from_event(reply)
         return reply
 
     def close(self) -> None:
@@ -92,6 +109,8 @@ class Client:
         try:
             while line := self._file.readline(MAX_MESSAGE_BYTES + 1):
                 message = decode(line)
+                if self._cancel_abandoned(message):
+                    continue
                 with self._lock:
                     box = self._waiting.get(message.get("id"))
                 if box is not None and box.empty():
@@ -99,12 +118,27 @@ class Client:
                 if "job" in message or box is None:
                     self.events.put(message)
         except Exception as exc:
-            self.events.put({"event": "error", "code": "disconnected", "message": str(exc), "hint": ""})
+            self.events.put(error_event("disconnected", str(exc)))
             return
         self._fail_waiting("the server closed the connection")
 
+    def _cancel_abandoned(self, message: dict[str, Any]) -> bool:
+        """Cancel the job of a request that timed out here; True if ``message`` was that late reply."""
+        with self._lock:
+            late = message.get("id") in self._abandoned
+            self._abandoned.discard(message.get("id"))
+        if not late or message.get("event") != "queued":
+            return late
+        job = message.get("job")
+        try:
+            self._send({"type": "cancel", "id": f"abandoned-{message['id']}", "job": job})
+        except ServerError:
+            return True  # the connection is going: its reader reports that
+        self.events.put({"event": "notice", "message": f"cancelled job {job}: its request had timed out here"})
+        return True
+
     def _fail_waiting(self, why: str) -> None:
-        event = {"event": "error", "code": "disconnected", "message": why, "hint": ""}
+        event = error_event("disconnected", why)
         with self._lock:
             for box in self._waiting.values():
                 if box.empty():
@@ -156,6 +190,7 @@ class LocalServer:
         result: dict[str, Any] = {}
 
         def read() -> None:
+            assert self.process.stdout is not None  # started with stdout=PIPE
             line = self.process.stdout.readline()
             if line:
                 result.update(json.loads(line))

@@ -5,6 +5,9 @@ Torch-free, so the CLI and the Blender add-on can raise and catch them cheaply.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(Exception):
     """Bad input or a missing resource: reported as one line, never as a traceback.
@@ -24,6 +27,19 @@ class UserError(Exception):
         """The message and the hint on one line."""
         text = f"{self.message}; {self.hint}" if self.hint else self.message
         return " ".join(text.split())
+
+
+def run_command(prog: str, command: Callable[[], int]) -> int:
+    """Run a console entry point: a :class:`UserError` is one line on stderr and exit code 2,
+    Ctrl-C is exit code 130; anything else is a bug and keeps its traceback."""
+    try:
+        return command()
+    except UserError as exc:
+        print(f"{prog}: error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        return 130
 
 
 class ModelUnavailable(UserError):

@@ -37,7 +37,8 @@ ERROR_CODES: dict[str, str] = {
     "bad_request": "the message is not valid JSON, not an object, or has missing, mistyped or out-of-range fields",
     "too_large": "the message is longer than 16 MiB",
     "unknown_type": "the request type is not one the server knows",
-    "unauthorized": "the token is missing or wrong (the connection is closed)",
+    "unauthorized": "the token is missing or wrong, or no hello came in time (the connection is closed)",
+    "too_busy": "the server already has its maximum of connections (the connection is closed)",
     "not_found": "no such job",
     "conflict": "the job is in a state that does not allow the request (e.g. continuing a running job)",
     "model_unavailable": "the diffusion model is neither on disk nor downloadable",
@@ -46,7 +47,16 @@ ERROR_CODES: dict[str, str] = {
     "interrupted": "the server stopped while the job was running; continue resumes it",
     "internal": "an unexpected server error (see the job log)",
 }
-"""Every ``code`` an ``error`` event can carry, with its meaning."""
+"""Every ``code`` an ``error`` event from the server can carry, with its meaning."""
+
+CLIENT_ERROR_CODES: dict[str, str] = {
+    "unreachable": "the client could not connect to, or start, the server",
+    "timeout": "the server did not answer a request in time",
+    "disconnected": "the connection to the server was lost",
+    "no_python": "the add-on has no usable server Python to start the server with",
+}
+"""Codes the client side raises itself; the server never sends them. With :data:`ERROR_CODES`
+the closed set of every error an add-on or a client can see."""
 
 EVENTS = (
     "hello",
@@ -63,6 +73,17 @@ EVENTS = (
     "error",
 )
 """Every ``event`` the server sends."""
+
+JOB_EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "started": ("kind",),
+    "progress": ("step", "total", "t", "loss", "elapsed_s", "eta_s"),
+    "preview": ("step", "png"),
+    "exported": ("files", "vertices", "faces"),
+    "done": ("step",),
+    "cancelled": ("step",),
+    "error": ("code", "message", "hint"),
+}
+"""Job events (each also carries ``job``) and the fields each always has."""
 
 _STR, _INT, _NUM, _BOOL = str, int, (int, float), bool
 # request type → {field: (type, required)}; numbers are range-checked in validate_request.
@@ -120,15 +141,33 @@ class ProtocolError(Exception):
     """A request the server refuses; becomes an ``error`` event with ``code``."""
 
     def __init__(self, code: str, message: str, hint: str = "") -> None:
-        if code not in ERROR_CODES:
-            raise ValueError(f"'{code}' is not a protocol error code")
+        _check_code(code, ERROR_CODES)
         super().__init__(message)
         self.code, self.message, self.hint = code, message, hint
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """One message as a JSON line."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    """One message as a JSON line; it cannot fail on text (a lone surrogate is sent escaped)."""
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8") + b"\n"
+    except UnicodeEncodeError:  # only \u escapes can carry what UTF-8 cannot
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
+
+
+def encodable(value: Any) -> bool:
+    """Whether every string in ``value`` (nested in lists and dicts) is valid Unicode text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(encodable(k) and encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(encodable(v) for v in value)
+    return True
 
 
 def decode(line: bytes) -> dict[str, Any]:
@@ -136,14 +175,26 @@ def decode(line: bytes) -> dict[str, Any]:
     if len(line) > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"message of {len(line)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
-        message = json.loads(line.decode("utf-8"))
+        message = json.loads(line.decode("utf-8"), object_pairs_hook=_unique_keys)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("bad_request", f"not valid UTF-8 JSON: {exc}") from None
     except RecursionError:  # e.g. "[[[[…" nested deeper than the parser's stack
         raise ProtocolError("bad_request", "JSON nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError("bad_request", f"a message must be a JSON object, not {type(message).__name__}")
+    if not encodable(message):  # valid JSON ("\ud800") but not text: it could never be stored or echoed
+        raise ProtocolError("bad_request", "the message holds a lone surrogate (\\uD800–\\uDFFF), which is not text")
     return message
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys appear once: with two, which one counts would be a guess."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key[:64]!r}")
+        seen.add(key)
+    return dict(pairs)
 
 
 def validate_request(message: dict[str, Any]) -> dict[str, Any]:
@@ -194,13 +245,36 @@ def _check_field(kind: str, name: str, value: Any, typ: Any) -> None:
             raise ProtocolError("bad_request", f"'{name}' = {value} is out of range [{lo}, {hi}]")
 
 
+def _check_code(code: str, codes: dict[str, str]) -> None:
+    if code not in codes:
+        raise ValueError(f"'{code}' is not a protocol error code")
+
+
 def error_event(
     code: str, message: str, hint: str = "", request_id: Any = None, job: str | None = None
 ) -> dict[str, Any]:
-    """An ``error`` event."""
+    """An ``error`` event; ``code`` must be one of :data:`ERROR_CODES` or :data:`CLIENT_ERROR_CODES`."""
+    _check_code(code, {**ERROR_CODES, **CLIENT_ERROR_CODES})
     event: dict[str, Any] = {"event": "error", "code": code, "message": message, "hint": hint}
     if request_id is not None:
         event["id"] = request_id
     if job is not None:
         event["job"] = job
     return event
+
+
+def job_event(event: str, job: str, **fields: Any) -> dict[str, Any]:
+    """A job event with every field :data:`JOB_EVENT_FIELDS` requires (extra fields allowed)."""
+    missing = [f for f in JOB_EVENT_FIELDS[event] if f not in fields]
+    if missing:
+        raise ValueError(f"'{event}' event without {', '.join(missing)}")
+    return {"event": event, "job": job, **fields}
+
+
+def malformed(message: dict[str, Any]) -> str | None:
+    """Why a received job event lacks what :data:`JOB_EVENT_FIELDS` promises, or None if it is whole."""
+    kind = message.get("event")
+    if kind not in JOB_EVENT_FIELDS or "id" in message:
+        return None  # a reply, or an event without a fixed shape
+    missing = [f for f in JOB_EVENT_FIELDS[kind] if f not in message]
+    return f"'{kind}' event without {', '.join(missing)}" if missing else None

@@ -1,4 +1,4 @@
-"""Add-on scenarios, each run in its own bpy process by tests/test_addon.py:
+"""Add-on scenarios, each run once in its own bpy process by tests/test_addon.py:
 
     python addon_scenarios.py SCENARIO ZIP WORKDIR
 
@@ -9,10 +9,12 @@ The add-on is installed from the built zip through Blender's extension API (into
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,40 +109,64 @@ def render(obj: Any, out: Path) -> None:
     bpy.ops.render.render(write_still=True)
 
 
+@contextlib.contextmanager
+def step(result: dict, name: str) -> Iterator[None]:
+    """One step of a scenario: if it raises, its traceback goes to ``result["failed"][name]``
+    and the scenario goes on, so that each step's test fails on its own."""
+    try:
+        yield
+    except Exception:
+        result.setdefault("failed", {})[name] = traceback.format_exc()
+
+
 @scenario
 def generate_refine(work: Path) -> dict:
-    """Generate → Continue → Re-export → history import → render → disable stops the server."""
-    result: dict = {
-        "panels_stopped": h.draw_panels(),
-        "registered": sorted(name for name in dir(bpy.types) if name.startswith("SDI_")),
-        "operators": sorted(dir(bpy.ops.sdi)),
-    }
-    bpy.context.scene.cursor.location = (0.5, -0.25, 0.0)
-    result["generate"] = run_op(bpy.ops.sdi.generate, prompt="a red apple", preset="test")
-    obj = bpy.context.active_object
-    result["generated"] = describe(obj)
-    result["panels_ready"] = h.draw_panels()
-    obj.location = (1.0, 2.0, 3.0)
-    obj.modifiers.new("Subdivision", "SUBSURF")
-    before = obj.data.name, len(bpy.data.meshes)
-    result["continue"] = run_op(bpy.ops.sdi.continue_job, steps=2)
-    result["continued"] = describe(bpy.data.objects[obj.name])
-    result["meshes_before_after"] = [before[1], len(bpy.data.meshes)]
-    bpy.context.scene.sdi.texture_size = "512"
-    result["reexport"] = run_op(bpy.ops.sdi.reexport)
-    result["reexported"] = describe(bpy.data.objects[obj.name])
-    result["refresh"] = run_op(bpy.ops.sdi.refresh_jobs)
-    result["history"] = [(i.job, i.status) for i in bpy.context.scene.sdi.history]
-    result["import_job"] = run_op(bpy.ops.sdi.import_job, job=result["generated"]["job"])
-    result["reimported"] = describe(bpy.context.active_object)
-    result["panels_history"] = h.draw_panels()
-    result["list_rows"] = h.draw_list_items(bpy.context.scene.sdi, "history")
-    out = Path(os.environ["SDI_TEST_OUTPUT"]) / "addon_render.png"
-    render(bpy.context.active_object, out)  # the re-imported one: no subdivision to slow Cycles
-    result["render"] = str(out)
-    server = runtime().controller()._server.process
-    bpy.ops.preferences.addon_disable(module=MODULE)
-    result["server_exit"] = server.wait(30)
+    """Generate → Continue → Re-export → history import → render → disable stops the server.
+
+    Each step is recorded on its own (see :func:`step`); a step that needs an earlier one's
+    object fails too when that one did, with its own traceback."""
+    result: dict = {"failed": {}}
+    obj = None
+    with step(result, "registration"):
+        result["registered"] = sorted(name for name in dir(bpy.types) if name.startswith("SDI_"))
+        result["operators"] = sorted(dir(bpy.ops.sdi))
+    with step(result, "panels_stopped"):
+        result["panels_stopped"] = h.draw_panels()
+    with step(result, "generate"):
+        bpy.context.scene.cursor.location = (0.5, -0.25, 0.0)
+        result["generate"] = run_op(bpy.ops.sdi.generate, prompt="a red apple", preset="test")
+        obj = bpy.context.active_object
+        result["generated"] = describe(obj)
+    with step(result, "panels_ready"):
+        result["panels_ready"] = h.draw_panels()
+    with step(result, "continue"):
+        obj.location = (1.0, 2.0, 3.0)
+        obj.modifiers.new("Subdivision", "SUBSURF")
+        meshes_before = len(bpy.data.meshes)
+        result["continue"] = run_op(bpy.ops.sdi.continue_job, steps=2)
+        result["continued"] = describe(bpy.data.objects[obj.name])
+        result["meshes_before_after"] = [meshes_before, len(bpy.data.meshes)]
+    with step(result, "reexport"):
+        bpy.context.scene.sdi.texture_size = "512"
+        result["reexport"] = run_op(bpy.ops.sdi.reexport)
+        result["reexported"] = describe(bpy.data.objects[obj.name])
+    with step(result, "refresh"):
+        result["refresh"] = run_op(bpy.ops.sdi.refresh_jobs)
+        result["history"] = [(i.job, i.status) for i in bpy.context.scene.sdi.history]
+    with step(result, "import_job"):
+        result["import_job"] = run_op(bpy.ops.sdi.import_job, job=result["generated"]["job"])
+        result["reimported"] = describe(bpy.context.active_object)
+    with step(result, "panels_history"):
+        result["panels_history"] = h.draw_panels()
+        result["list_rows"] = h.draw_list_items(bpy.context.scene.sdi, "history")
+    with step(result, "render"):
+        out = Path(os.environ["SDI_TEST_OUTPUT"]) / "addon_render.png"
+        render(bpy.context.active_object, out)  # the re-imported one: no subdivision to slow Cycles
+        result["render"] = str(out)
+    with step(result, "disable"):
+        server = runtime().controller()._server.process
+        bpy.ops.preferences.addon_disable(module=MODULE)
+        result["server_exit"] = server.wait(30)
     return result
 
 
@@ -224,6 +250,14 @@ def errors(work: Path) -> dict:
     result["wrong_token"] = generate(prompt="x")
     result["panels_error"] = h.draw_panels()
     result["prefs_drawn"] = h.draw_preferences(prefs)
+    # A finished job whose files lack the server's "mesh" key (here under a key the server never
+    # sends) imports nothing. The server's own events take this path in generate_refine.
+    ctl = sys.modules[MODULE + ".addon.controller"]
+    view = ctl.JobView("generate", prompt="x", job="J", files={"glb": str(work / "mesh.glb")})
+    try:
+        result["apply_without_mesh"] = list(runtime().apply(ctl.Outcome(view, "done")))
+    except Exception as exc:
+        result["apply_without_mesh"] = f"raised {exc!r}"
     result["after"] = scene_data()
     return result
 

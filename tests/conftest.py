@@ -1,8 +1,15 @@
-"""Shared test set-up: offline, a private model cache, the tiny model on CPU."""
+"""Shared test set-up: offline, a private model cache, the tiny model on CPU, and the session's
+shared fixtures (the trained tiny run, the running server, the add-on zip).
+
+Test modules never import from one another: what several use lives here, or in a helper
+module (server_harness.py, setup_script.py, analytic.py) that is not a test module.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,7 +17,8 @@ import pytest
 
 # No test downloads anything: the hub client must never go online.
 os.environ["HF_HUB_OFFLINE"] = "1"
-sys.path.insert(0, str(Path(__file__).parent))  # for tests/analytic.py
+sys.path.insert(0, str(Path(__file__).parent))  # for the helper modules beside this file
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,3 +50,59 @@ def toy_prior(model_cache: Path):
     from sdi_blender.server.training.priors import load_prior
 
     return load_prior("toyworld", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def trained_run(prior, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A two-step tiny run: the field is still close to its centred blob of radius ≈ 0.5.
+
+    Trained once per session and never written to; tests take ``run``, their own copy.
+    """
+    from sdi_blender.server.training import run_dir
+    from sdi_blender.server.training.config import make_config
+    from sdi_blender.server.training.trainer import Trainer
+
+    path = tmp_path_factory.mktemp("trained") / "run"
+    config = make_config(
+        "a red apple",
+        "test",
+        model="tiny",
+        steps=2,
+        resolution=32,
+        **{"renderer.num_samples_per_ray": 16, "field.log2_hashmap_size": 12, "turntable_views": 1, "preview_size": 16},
+    )
+    run_dir.prepare_new_run(path, overwrite=False)
+    Trainer(config, path, prior=prior).run()
+    return path
+
+
+@pytest.fixture
+def run(trained_run: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the trained run, to export into (or spoil) without affecting others."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):
+    """One server process (tiny model, CPU) shared by the tests that only talk to it.
+
+    Tests leave it up and idle: one that stops, kills or restarts a server starts its own.
+    """
+    from server_harness import Server
+
+    srv = Server(tmp_path_factory.mktemp("server") / "jobs")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The add-on zip as it ships, built once by ``vendor_setup.py --build-addon``."""
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        [sys.executable, str(REPO / "vendor_setup.py"), "--build-addon", "--dist", str(dist)],
+        check=True,
+        capture_output=True,
+    )
+    (zip_path,) = dist.glob("sdi_blender-*.zip")
+    return zip_path

@@ -1,13 +1,16 @@
 """The Blender add-on, headless (bpy 5.0 from PyPI), installed from the built zip.
 
-Each scenario in tests/addon_scenarios.py runs in its own bpy process (bpy is one global
-Blender per process) against a real server with the tiny model on CPU.
+Each scenario in tests/addon_scenarios.py runs once, in its own bpy process (bpy is one
+global Blender per process), against a real server with the tiny model on CPU. A
+session-scoped fixture runs a scenario and keeps what it recorded; each test below checks
+one behaviour of it, so the tests fail independently while Blender starts once per scenario.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,24 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from sdi_blender.client import LocalServer
-
 pytest.importorskip("bpy")  # only to skip where bpy is absent; the scenarios import it themselves
+
+# Whole processes: Blender, the server, training and export.
+pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "tests" / "output"  # renders for a person to look at (git-ignored)
-
-
-@pytest.fixture(scope="module")
-def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dist = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, str(REPO / "vendor_setup.py"), "--build-addon", "--dist", str(dist)],
-        check=True,
-        capture_output=True,
-    )
-    (zip_path,) = dist.glob("sdi_blender-*.zip")
-    return zip_path
+SCENARIO_TIMEOUT_S = 900  # only so that a hung Blender cannot hang the suite
 
 
 def run_scenario(name: str, addon_zip: Path, work: Path, **env: str) -> dict:
@@ -46,17 +39,27 @@ def run_scenario(name: str, addon_zip: Path, work: Path, **env: str) -> dict:
         PYTHONPATH=str(REPO / "tests"),
         **env,
     )
-    proc = subprocess.run(
+    # In a session of its own, so that a hang is ended with the server Blender started.
+    proc = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "addon_scenarios.py"), name, str(addon_zip), str(work)],
         env=environ,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
+        start_new_session=True,
     )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    try:
+        stdout, stderr = proc.communicate(timeout=SCENARIO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(
+            f"scenario {name} did not end within {SCENARIO_TIMEOUT_S} s:\n{stdout[-3000:]}{stderr[-3000:]}"
+        ) from None
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, stdout[-3000:] + stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT ") :])
-    result["stdout"] = proc.stdout
+    result["stdout"] = stdout
     return result
 
 
@@ -67,9 +70,35 @@ def _assert_panels_drew(drawn: dict, *expected: str) -> None:
         assert any(needle in str(call) for call in flat), (needle, drawn)
 
 
-def test_generate_continue_reexport_import_render(addon_zip: Path, tmp_path: Path) -> None:
-    r = run_scenario("generate_refine", addon_zip, tmp_path)
-    # Installed from the zip through Blender's extension API, every class registered.
+# --- generate → continue → re-export → import → render → disable ------------------------
+
+
+@pytest.fixture(scope="session")
+def refine(addon_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The generate_refine scenario, run once; each of its steps is recorded on its own."""
+    return run_scenario("generate_refine", addon_zip, tmp_path_factory.mktemp("refine"))
+
+
+def _step(r: dict, name: str) -> dict:
+    """The scenario's result, once it is clear that step ``name`` ran without raising."""
+    assert name not in r["failed"], f"step '{name}' raised:\n{r['failed'][name]}"
+    return r
+
+
+def _generated(r: dict) -> dict:
+    """The object the scenario's generate imported."""
+    assert _step(r, "generate")["generate"] == "FINISHED", r["generate"]
+    return r["generated"]
+
+
+def _continued(r: dict) -> dict:
+    """The object after the scenario's continue."""
+    assert _step(r, "continue")["continue"] == "FINISHED", r["continue"]
+    return r["continued"]
+
+
+def test_the_zip_registers_every_class(refine: dict) -> None:
+    # Installed from the zip through Blender's extension API.
     assert {
         "SDI_PT_main",
         "SDI_PT_advanced",
@@ -83,7 +112,10 @@ def test_generate_continue_reexport_import_render(addon_zip: Path, tmp_path: Pat
         "SDI_OT_import_job",
         "SDI_OT_server_start",
         "SDI_OT_server_stop",
-    } <= set(r["registered"])
+    } <= set(_step(refine, "registration")["registered"])
+
+
+def test_the_zip_registers_every_operator(refine: dict) -> None:
     assert {
         "generate",
         "cancel",
@@ -95,55 +127,123 @@ def test_generate_continue_reexport_import_render(addon_zip: Path, tmp_path: Pat
         "server_start",
         "server_stop",
         "check_python",
-    } <= set(r["operators"])
-    _assert_panels_drew(r["panels_stopped"], "sdi.generate", "Server: stopped", "sdi.server_start")
-    assert r["generate"] == "FINISHED"
-    obj = r["generated"]
+    } <= set(_step(refine, "registration")["operators"])
+
+
+def test_panels_draw_with_the_server_stopped(refine: dict) -> None:
+    drawn = _step(refine, "panels_stopped")["panels_stopped"]
+    _assert_panels_drew(drawn, "sdi.generate", "Server: stopped", "sdi.server_start")
+
+
+def test_generate_imports_one_selected_active_mesh_named_after_the_prompt(refine: dict) -> None:
+    obj = _generated(refine)
     assert obj["name"] == obj["mesh_name"] == "a red apple" and obj["type"] == "MESH"
-    assert obj["location"] == [0.5, -0.25, 0.0]  # at the 3D cursor
     assert obj["selected"] and obj["active"] and obj["job"]
+
+
+def test_generated_object_sits_at_the_3d_cursor(refine: dict) -> None:
+    assert _generated(refine)["location"] == [0.5, -0.25, 0.0]
+
+
+def test_generated_mesh_is_smooth_uv_mapped_and_textured_by_a_packed_image(refine: dict) -> None:
+    obj = _generated(refine)
     assert obj["uv_layers"] == 1 and obj["smooth"] and obj["vertices"] > 100
     assert obj["base_color_from"] == ["TEX_IMAGE"] and obj["image_packed"] and obj["image_size"] == [256, 256]
-    lo, hi = obj["bbox"]  # the field's unit box, in metres, centred (Z up needs no turning)
+
+
+def test_generated_mesh_fills_the_centred_unit_box(refine: dict) -> None:
+    lo, hi = _generated(refine)["bbox"]  # the field's unit box, in metres, centred (Z up needs no turning)
     assert all(-0.6 < v < 0 for v in lo) and all(0 < v < 0.6 for v in hi)
-    _assert_panels_drew(r["panels_ready"], "Server: ready", "sdi.continue_job", "sdi.reexport")
 
-    assert r["continue"] == "FINISHED"
-    cont = r["continued"]  # the same object, a new mesh; transform and modifiers kept
+
+def test_panels_draw_with_the_server_ready(refine: dict) -> None:
+    drawn = _step(refine, "panels_ready")["panels_ready"]
+    _assert_panels_drew(drawn, "Server: ready", "sdi.continue_job", "sdi.reexport")
+
+
+def test_continue_gives_the_same_object_a_new_mesh(refine: dict) -> None:
+    obj, cont = _generated(refine), _continued(refine)
     assert cont["name"] == "a red apple" and cont["job"] == obj["job"]
-    assert cont["location"] == [1.0, 2.0, 3.0] and cont["modifiers"] == ["Subdivision"]
     assert cont["vertices"] != obj["vertices"] and cont["selected"] and cont["active"]
-    assert r["meshes_before_after"][0] == r["meshes_before_after"][1]  # the old mesh is gone
+    before, after = refine["meshes_before_after"]
+    assert before == after  # the old mesh is gone
 
-    assert r["reexport"] == "FINISHED"
+
+def test_continue_keeps_the_transform_and_modifiers(refine: dict) -> None:
+    cont = _continued(refine)
+    assert cont["location"] == [1.0, 2.0, 3.0] and cont["modifiers"] == ["Subdivision"]
+
+
+def test_reexport_replaces_the_texture_and_keeps_the_object(refine: dict) -> None:
+    r = _step(refine, "reexport")
+    assert r["reexport"] == "FINISHED", r["reexport"]
     again = r["reexported"]
-    assert again["image_size"] == [512, 512] and again["location"] == [1.0, 2.0, 3.0]
-    assert again["modifiers"] == ["Subdivision"] and again["image_packed"]
+    assert again["image_size"] == [512, 512] and again["image_packed"]
+    assert again["location"] == [1.0, 2.0, 3.0] and again["modifiers"] == ["Subdivision"]
 
-    assert r["refresh"] == "FINISHED" and r["history"] == [[obj["job"], "done"]]
-    assert r["import_job"] == "FINISHED"
-    assert r["reimported"]["name"] == "a red apple.001" and r["reimported"]["job"] == obj["job"]
-    assert r["reimported"]["location"] == [0.5, -0.25, 0.0]
+
+def test_refresh_lists_the_job_as_done(refine: dict) -> None:
+    job = _generated(refine)["job"]
+    r = _step(refine, "refresh")
+    assert r["refresh"] == "FINISHED" and r["history"] == [[job, "done"]]
+
+
+def test_import_job_adds_a_copy_at_the_3d_cursor(refine: dict) -> None:
+    job = _generated(refine)["job"]
+    r = _step(refine, "import_job")
+    assert r["import_job"] == "FINISHED", r["import_job"]
+    copy = r["reimported"]
+    assert copy["name"] == "a red apple.001" and copy["job"] == job and copy["location"] == [0.5, -0.25, 0.0]
+
+
+def test_history_panel_and_list_draw_the_job(refine: dict) -> None:
+    r = _step(refine, "panels_history")
     _assert_panels_drew(r["panels_history"], "sdi.import_job")
     assert ["label", "a red apple"] in r["list_rows"]
-    assert Path(r["render"]).stat().st_size > 1000
-    assert r["server_exit"] is not None  # disabling the add-on stopped its server
 
 
-def test_cancel_leaves_the_scene_unchanged(addon_zip: Path, tmp_path: Path) -> None:
-    r = run_scenario("cancel", addon_zip, tmp_path)
+def test_the_imported_object_renders(refine: dict) -> None:
+    assert Path(_step(refine, "render")["render"]).stat().st_size > 1000
+
+
+def test_disabling_the_addon_stops_its_server(refine: dict) -> None:
+    assert _step(refine, "disable")["server_exit"] is not None
+
+
+# --- cancel ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cancelled(addon_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return run_scenario("cancel", addon_zip, tmp_path_factory.mktemp("cancel"))
+
+
+def test_an_interactive_generate_shows_its_progress(cancelled: dict) -> None:
+    r = cancelled
     assert r["reply"] == "FINISHED" and r["progressed"] and r["state_busy"] == "busy"
     _assert_panels_drew(r["panels_busy"], "progress", "/ 500", "sdi.cancel", "Server: busy")
-    # The preview arrived and loaded; headless Blender has no icons, so it cannot be drawn here.
-    assert r["preview"][0] == 10 and r["preview"][1][0] > 0
+
+
+def test_the_preview_arrives_and_loads(cancelled: dict) -> None:
+    # Headless Blender has no icons, so the preview cannot be drawn here.
+    step, size = cancelled["preview"]
+    assert step == 10 and size[0] > 0
+
+
+def test_cancel_ends_the_job_and_leaves_the_scene_unchanged(cancelled: dict) -> None:
+    r = cancelled
     assert r["cancel"] == "FINISHED" and r["ended"]
     assert r["after"] == r["before"] and r["state"] == "ready"
     assert "cancelled" in r["stdout"]
     _assert_panels_drew(r["panels_after"], "sdi.generate")
-    assert _gone(r["server_pid"])  # Blender quit (the process ended): its server went with it
 
 
-def _gone(pid: int, timeout: float = 10.0) -> bool:
+def test_quitting_blender_stops_its_server(cancelled: dict) -> None:
+    assert _gone(cancelled["server_pid"])  # Blender quit (the process ended): its server went with it
+
+
+def _gone(pid: int, timeout: float = 60.0) -> bool:
+    """Whether the process ended, waiting up to ``timeout`` (only so that a leak cannot hang)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -154,25 +254,37 @@ def _gone(pid: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def test_server_killed_mid_job_reports_and_leaves_the_scene(addon_zip: Path, tmp_path: Path) -> None:
-    r = run_scenario("server_killed", addon_zip, tmp_path)
-    assert r["progressed"] and r["ended"]
-    assert r["after"] == r["before"]
-    ((level, message),) = r["reports"]
+# --- the server killed mid-job -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def killed(addon_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return run_scenario("server_killed", addon_zip, tmp_path_factory.mktemp("killed"))
+
+
+def test_a_killed_server_is_one_error_report_naming_its_log(killed: dict) -> None:
+    assert killed["progressed"] and killed["ended"]
+    ((level, message),) = killed["reports"]
     assert level == "ERROR" and "server stopped unexpectedly" in message and "server.stderr" in message
-    assert r["state"] == "error"
-    _assert_panels_drew(r["panels_error"], "Server: error", "sdi.server_start", "sdi.generate")
 
 
-@pytest.fixture
-def remote_server(tmp_path: Path):
-    server = LocalServer(tmp_path / "remote-jobs", model="tiny", device="cpu")
-    yield server
-    server.stop()
+def test_a_killed_server_leaves_the_scene_unchanged(killed: dict) -> None:
+    assert killed["ended"] and killed["after"] == killed["before"]
 
 
-def test_errors_are_reports_and_leave_the_scene(addon_zip: Path, tmp_path: Path, remote_server) -> None:
-    foreign = tmp_path / "foreign-python"  # a Python that cannot import the server
+def test_a_killed_server_shows_the_error_state(killed: dict) -> None:
+    assert killed["state"] == "error"
+    _assert_panels_drew(killed["panels_error"], "Server: error", "sdi.server_start", "sdi.generate")
+
+
+# --- bad set-ups ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def errors(addon_zip: Path, tmp_path_factory: pytest.TempPathFactory, server) -> dict:
+    """The errors scenario; the session's shared server (tests/conftest.py) is the remote one."""
+    work = tmp_path_factory.mktemp("errors")
+    foreign = work / "foreign-python"  # a Python that cannot import the server
     foreign.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
     foreign.chmod(0o755)
     with socket.socket() as s:
@@ -181,31 +293,57 @@ def test_errors_are_reports_and_leave_the_scene(addon_zip: Path, tmp_path: Path,
     r = run_scenario(
         "errors",
         addon_zip,
-        tmp_path,
+        work,
         SDI_FOREIGN_PYTHON=str(foreign),
         SDI_FREE_PORT=str(free_port),
-        SDI_REMOTE=f"{remote_server.host}:{remote_server.port}:{remote_server.token}",
+        SDI_REMOTE=f"{server.host}:{server.port}:{server.token}",
     )
-    expect = {
-        "no_python": "no server Python is set",
-        "missing_python": "is not an executable file",
-        "foreign_python": "No module named",
-        "empty_prompt": "write a prompt first",
-        "bad_preset": "unknown preset 'ultra'",
-        "bad_model": "no/such-model",
-        "unreachable": f"cannot reach the server at 127.0.0.1:{free_port}",
-        "wrong_token": "token",
-    }
-    for case, needle in expect.items():
-        assert r[case].startswith("error: Error: SDI:") and needle in r[case], (case, r[case])
-    assert "Preferences" in r["no_python"]  # the hint says where to set it
-    assert r["check_python"] == "FINISHED"
-    assert r["after"] == r["before"]
-    _assert_panels_drew(r["panels_error"], "Server: error")
-    assert ("operator", "sdi.check_python") in [tuple(c) for c in r["prefs_drawn"]]
+    r["free_port"] = free_port
+    return r
 
 
-@pytest.mark.e2e
+BAD_SETUPS = {
+    "no_python": "no server Python is set",
+    "missing_python": "is not an executable file",
+    "foreign_python": "No module named",
+    "empty_prompt": "write a prompt first",
+    "bad_preset": "unknown preset 'ultra'",
+    "bad_model": "no/such-model",
+    "unreachable": "cannot reach the server at 127.0.0.1:{free_port}",
+    "wrong_token": "token",
+}
+
+
+@pytest.mark.parametrize("case", BAD_SETUPS)
+def test_a_bad_setup_is_an_error_report(errors: dict, case: str) -> None:
+    needle = BAD_SETUPS[case].format(free_port=errors["free_port"])
+    assert errors[case].startswith("error: Error: SDI:") and needle in errors[case], errors[case]
+
+
+def test_no_python_says_where_to_set_it(errors: dict) -> None:
+    assert "Preferences" in errors["no_python"]
+
+
+def test_check_python_finishes(errors: dict) -> None:
+    assert errors["check_python"] == "FINISHED"
+
+
+def test_a_job_without_the_servers_mesh_key_imports_nothing(errors: dict) -> None:
+    assert errors["apply_without_mesh"] == ["ERROR", "SDI: the job ended without a mesh"]
+
+
+def test_bad_setups_leave_the_scene_unchanged(errors: dict) -> None:
+    assert errors["after"] == errors["before"]
+
+
+def test_the_error_state_draws_in_the_panels_and_preferences(errors: dict) -> None:
+    _assert_panels_drew(errors["panels_error"], "Server: error")
+    assert ("operator", "sdi.check_python") in [tuple(c) for c in errors["prefs_drawn"]]
+
+
+# --- the toy world ---------------------------------------------------------------------------
+
+
 def test_toy_world_object_arrives_in_blender_the_right_way_round(addon_zip: Path, tmp_path: Path) -> None:
     """A toy prompt → the server → Blender's own glTF import: the orange box with its blue
     ball toward Blender's front (−Y), scored on the geometry and colours Blender holds."""

@@ -30,6 +30,12 @@ def follow(c: Controller, purpose: str = "generate") -> JobView:
     return c.job
 
 
+def progress(job: str, step: int, total: int, eta_s: float) -> dict:
+    """A progress event with every field the server sends (sdi_blender/protocol.py)."""
+    fields = {"step": step, "total": total, "t": 900, "loss": 1.0, "elapsed_s": 1.0, "eta_s": eta_s}
+    return {"event": "progress", "job": job, **fields}
+
+
 def test_job_events_update_the_view_and_end_in_done(c):
     view = follow(c)
     png = base64.b64encode(b"\x89PNG fake").decode()
@@ -38,22 +44,25 @@ def test_job_events_update_the_view_and_end_in_done(c):
             c,
             {"event": "state", "state": "busy"},
             {"event": "queued", "job": "J1", "position": 0},
-            {"event": "progress", "job": "J1", "step": 3, "total": 10, "eta_s": 7.0},
+            progress("J1", 3, 10, 7.0),
             {"event": "preview", "job": "J1", "step": 3, "png": png},
         )
         is None
     )
     assert (view.job, view.step, view.total, view.eta_s) == ("J1", 3, 10, 7.0)
     assert view.preview == b"\x89PNG fake" and c.state == "busy" and c.running
+    # The exported event as the server sends it (server/service/jobs.py): the mesh under "mesh",
+    # the key the add-on's runtime.apply imports from.
+    files = {"mesh": "/x/export/mesh.glb", "info": "/x/export/export.json"}
     outcome = feed(
         c,
-        {"event": "progress", "job": "OTHER", "step": 9, "total": 9},  # not ours
-        {"event": "exported", "job": "J1", "files": {"glb": "/x/mesh.glb"}},
+        progress("OTHER", 9, 9, 0.0),  # not ours
+        {"event": "exported", "job": "J1", "files": files, "vertices": 10, "faces": 16},
         {"event": "done", "job": "J1", "step": 10},
     )
     assert view.step == 3
-    assert outcome.status == "done" and outcome.view.files == {"glb": "/x/mesh.glb"}
-    assert not c.running and c.state == "ready"
+    assert outcome.status == "done" and outcome.view.files["mesh"] == "/x/export/mesh.glb"
+    assert not c.running and c.state == "ready" and not c.notices
 
 
 def test_out_of_memory_is_an_error_outcome_with_the_hint(c):

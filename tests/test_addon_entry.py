@@ -84,6 +84,7 @@ def test_imports_without_torch_or_bpy() -> None:
     assert loaded.strip() == "[]"
 
 
+@pytest.mark.e2e
 def test_register_unregister_in_blender() -> None:
     proc = _run(IN_BLENDER)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -27,12 +27,14 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.e2e
 def test_gpu_bench_without_cuda_says_so_in_one_line_and_exits_0(model_cache):
     proc = _run([], CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().count("\n") == 0 and "no CUDA device" in proc.stdout
 
 
+@pytest.mark.e2e
 def test_gpu_bench_dry_run_on_cpu_exercises_every_part(model_cache, tmp_path):
     out = tmp_path / "dry.json"
     proc = _run(["--dry-run-cpu", "--out", str(out)], CUDA_VISIBLE_DEVICES="")
@@ -88,7 +90,7 @@ def test_bench_schedule_positions_and_unet_calls():
 def test_cpu_bench_reference_grid_matches_the_encoding():
     from cpu_step import reference_encoding
 
-    from sdi_blender.server.scene.field import HashGridEncoding
+    from sdi_blender.server.scene.encoding import HashGridEncoding
 
     torch.manual_seed(0)
     enc = HashGridEncoding(

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_export import run  # noqa: F401  (the tiny two-step run, for export --open)
-from test_vendor_setup import _run, vs
+from setup_script import run_setup, vs
 
 from sdi_blender import blender_app
 from sdi_blender.blender_app import BlenderError, find_blender, import_expression, open_in_blender
@@ -168,6 +167,7 @@ def test_find_blender_refuses_a_named_non_executable(
 # --- installing the add-on ---------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_setup_installs_the_addon_and_stores_the_server_python(
     fake_blender: FakeBlender, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -186,6 +186,7 @@ def test_setup_installs_the_addon_and_stores_the_server_python(
     assert fake_blender.addon_server_python() == str(python)
 
 
+@pytest.mark.e2e
 def test_failed_install_is_one_error_line(fake_blender: FakeBlender, tmp_path: Path) -> None:
     not_a_zip = tmp_path / "sdi_blender-0.1.0.zip"
     not_a_zip.write_text("junk", encoding="utf-8")
@@ -199,6 +200,7 @@ def test_failed_install_is_one_error_line(fake_blender: FakeBlender, tmp_path: P
     assert fake_blender.addon_server_python() is None
 
 
+@pytest.mark.e2e
 def test_vendor_setup_command_installs_into_the_given_blender(fake_blender: FakeBlender, tmp_path: Path) -> None:
     # --build-addon skips the venv work; --venv names an existing one for the server python.
     args = [
@@ -211,7 +213,7 @@ def test_vendor_setup_command_installs_into_the_given_blender(fake_blender: Fake
         str(fake_blender.path),
     ]
     for _ in range(2):  # the second run reinstalls over the first copy
-        proc = _run(args)
+        proc = run_setup(args)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     python = vs.venv_python(Path(sys.prefix).absolute())
     assert proc.stdout.count(f"installed and enabled in Blender {fake_blender.path}") == 1
@@ -244,6 +246,7 @@ def _wait_for_calls(fake: FakeBlender, count: int) -> list[list[str]]:
     return fake.calls()
 
 
+@pytest.mark.e2e
 def test_open_in_blender_imports_the_run(
     fake_blender: FakeBlender, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -256,6 +259,7 @@ def test_open_in_blender_imports_the_run(
     assert repr(str(tmp_path.resolve() / "runs" / "apple")) in code
 
 
+@pytest.mark.e2e
 def test_import_expression_imports_the_glb_with_or_without_the_addon(
     run: Path, fake_blender: FakeBlender, tmp_path: Path
 ) -> None:
@@ -295,6 +299,7 @@ def test_export_open_without_blender_keeps_the_glb(
     assert last == f"no Blender found (set $BLENDER or pass --blender); the mesh is at {mesh}"
 
 
+@pytest.mark.e2e
 def test_export_open_starts_blender_on_the_run(
     run: Path,
     fake_blender: FakeBlender,

@@ -231,13 +231,13 @@ def test_turntable_is_evenly_spaced_from_the_front():
 
 def test_selecting_and_moving_cameras():
     cams = turntable_cameras(4, 8, 8, CameraConfig())
-    one = cams.index(2)
+    one = cams[2]
     assert len(one) == 1 and one.width == 8
     torch.testing.assert_close(one.c2w[0], cams.c2w[2])
     torch.testing.assert_close(cams[-1].azimuth_deg, cams.azimuth_deg[3:])
     assert len(cams[1:3]) == 2
     with pytest.raises(IndexError):
-        cams.index(4)
+        cams[4]
     moved = cams.to("cpu")
     assert moved.c2w.device.type == "cpu" and moved.height == 8
     origins, dirs = camera_rays(one)

@@ -20,12 +20,11 @@ JOB = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = LocalServer(tmp_path_factory.mktemp("jobs"), model="tiny", device="cpu")
-    yield srv
-    srv.stop()
-    assert srv.process.wait(30) is not None
+@pytest.fixture
+def client(server):
+    """The client library connected to the session's shared server (tests/conftest.py)."""
+    with Client(server.host, server.port, server.token) as connected:
+        yield connected
 
 
 def _events_until(client: Client, job: str, last: set[str], timeout: float = 240) -> list[dict]:
@@ -42,34 +41,45 @@ def _events_until(client: Client, job: str, last: set[str], timeout: float = 240
     raise AssertionError(f"no {last} for job {job}; got {[e['event'] for e in events]}")
 
 
-def test_generate_and_export_through_the_client(server):
-    with server.connect() as client:
-        status = client.request("status")
-        assert status["event"] == "status" and status["protocol"] == 1
-        queued = client.request("generate", **JOB)
-        assert queued["event"] == "queued"
-        events = _events_until(client, queued["job"], {"done", "error"})
+@pytest.mark.e2e
+def test_generate_and_export_through_the_client(client):
+    status = client.request("status")
+    assert status["event"] == "status" and status["protocol"] == 1
+    queued = client.request("generate", **JOB)
+    assert queued["event"] == "queued"
+    events = _events_until(client, queued["job"], {"done", "error"})
     kinds = [e["event"] for e in events]
     assert kinds[-1] == "done", events[-1]
     assert "started" in kinds and "progress" in kinds and "exported" in kinds
     exported = next(e for e in events if e["event"] == "exported")
-    assert any(str(p).endswith("mesh.glb") and Path(p).is_file() for p in _paths(exported))
+    # The server's exported event: files by kind (sdi_blender/protocol.py), the mesh under "mesh".
+    mesh = Path(exported["files"]["mesh"])
+    assert mesh.name == "mesh.glb" and mesh.is_file()
 
 
-def _paths(event: dict) -> list[str]:
-    files = event.get("files") or event.get("paths") or {}
-    return list(files.values()) if isinstance(files, dict) else list(files)
-
-
-def test_errors_arrive_as_server_errors(server):
-    with server.connect() as client:
-        with pytest.raises(ServerError) as info:
-            client.request("cancel", job="no-such-job")
-        assert info.value.code == "not_found"
-        assert client.request("status")["event"] == "status"  # the connection still works
+@pytest.mark.e2e
+def test_errors_arrive_as_server_errors(server, client):
+    with pytest.raises(ServerError) as info:
+        client.request("cancel", job="no-such-job")
+    assert info.value.code == "not_found"
+    assert client.request("status")["event"] == "status"  # the connection still works
     with pytest.raises(ServerError) as info:
         Client(server.host, server.port, "wrong-token")
     assert info.value.code in {"unauthorized", "disconnected"}
+
+
+@pytest.mark.e2e
+def test_local_server_starts_serves_and_stops(tmp_path: Path):
+    local = LocalServer(tmp_path / "jobs", model="tiny", device="cpu")
+    try:
+        with local.connect() as client:
+            assert client.request("status")["event"] == "status"
+        local.stop()
+        assert local.process.poll() == 0  # shut down when asked, not left running or killed
+    finally:
+        if local.process.poll() is None:
+            local.process.kill()
+            local.process.wait()
 
 
 def test_unreachable_server_is_a_clear_error():

@@ -14,7 +14,8 @@ from PIL import Image
 from sdi_blender.cli import main
 from sdi_blender.server.evaluation.clip_metrics import ClipJudge
 from sdi_blender.server.evaluation.evaluate import evaluate, group_summary
-from sdi_blender.server.scene.field import EnvironmentBackground, ImplicitVolume
+from sdi_blender.server.scene.background import EnvironmentBackground
+from sdi_blender.server.scene.field import ImplicitVolume
 from sdi_blender.server.training import run_dir
 from sdi_blender.server.training.config import make_config
 

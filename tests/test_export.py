@@ -1,4 +1,6 @@
-"""``export``: a run's field → GLB/OBJ with a baked texture, without touching the run."""
+"""``export``: a run's field → GLB/OBJ with a baked texture, without touching the run.
+
+``run`` (tests/conftest.py) is each test's own copy of the session's two-step tiny run."""
 
 from __future__ import annotations
 
@@ -14,27 +16,8 @@ from sdi_blender.cli import main
 from sdi_blender.errors import UserError
 from sdi_blender.server.export.pipeline import TO_GLTF, ExportSettings, export_run
 from sdi_blender.server.training import run_dir
-from sdi_blender.server.training.config import make_config
-from sdi_blender.server.training.trainer import Trainer
 
 FAST = ExportSettings(resolution=48, texture_size=128)
-
-
-@pytest.fixture(scope="module")
-def run(prior, tmp_path_factory) -> Path:
-    """A two-step tiny run: the field is still close to its centred blob of radius ≈ 0.5."""
-    path = tmp_path_factory.mktemp("run")
-    config = make_config(
-        "a red apple",
-        "test",
-        model="tiny",
-        steps=2,
-        resolution=32,
-        **{"renderer.num_samples_per_ray": 16, "field.log2_hashmap_size": 12, "turntable_views": 1, "preview_size": 16},
-    )
-    run_dir.prepare_new_run(path, overwrite=False)
-    Trainer(config, path, prior=prior).run()
-    return path
 
 
 def _digest(path: Path) -> str:

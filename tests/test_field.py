@@ -10,13 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from sdi_blender.server.scene.field import (  # noqa: E402
-    BackgroundConfig,
-    EnvironmentBackground,
-    FieldConfig,
-    HashGridEncoding,
-    ImplicitVolume,
-)
+from sdi_blender.server.scene.background import BackgroundConfig, EnvironmentBackground  # noqa: E402
+from sdi_blender.server.scene.encoding import HashGridEncoding  # noqa: E402
+from sdi_blender.server.scene.field import FieldConfig, ImplicitVolume  # noqa: E402
 
 # A small grid: resolutions 2, 4, 8, 16 with 2^8-entry tables, so levels 0–1 are dense
 # ((N+1)^3 = 27, 125 ≤ 256) and levels 2–3 hashed (729, 4913 > 256).
@@ -85,7 +81,7 @@ def test_points_on_the_upper_faces_stay_in_their_table():
 
 def test_chunked_interpolation_matches_unchunked(monkeypatch):
     """Points are processed in chunks; values and both kinds of gradient must not depend on it."""
-    from sdi_blender.server.scene import field as field_module
+    from sdi_blender.server.scene import encoding as field_module
 
     torch.manual_seed(0)
     field = ImplicitVolume(FieldConfig(radius=1.0, **SMALL))
@@ -287,7 +283,7 @@ def test_spherical_harmonics_are_orthonormal():
 
 def test_any_encoding_can_back_the_field():
     """The field only needs the Encoding protocol (so a fused GPU kernel can replace the grid)."""
-    from sdi_blender.server.scene.field import Encoding
+    from sdi_blender.server.scene.encoding import Encoding
 
     class Fourier(torch.nn.Module):
         n_output_dims = 6

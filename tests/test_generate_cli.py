@@ -32,6 +32,7 @@ SMALL = [
 ]
 
 
+@pytest.mark.e2e
 def test_generate_test_preset_end_to_end(tmp_path: Path):
     run = tmp_path / "apple"
     script = Path(sys.executable).parent / "sdi-blender"

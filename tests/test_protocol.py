@@ -8,6 +8,7 @@ import pytest
 
 from sdi_blender.protocol import (
     ERROR_CODES,
+    EVENTS,
     MAX_MESSAGE_BYTES,
     REQUESTS,
     ProtocolError,
@@ -108,3 +109,35 @@ def test_error_events_use_the_closed_set():
     }
     with pytest.raises(ValueError):
         ProtocolError("made_up", "x")
+
+
+# --- event shapes and the closed code set -------------------------------------------------
+
+
+def test_job_events_are_built_with_every_promised_field() -> None:
+    from sdi_blender.protocol import JOB_EVENT_FIELDS, job_event, malformed
+
+    event = job_event("exported", "J1", files={"mesh": "m.glb"}, vertices=3, faces=1)
+    assert event == {"event": "exported", "job": "J1", "files": {"mesh": "m.glb"}, "vertices": 3, "faces": 1}
+    assert malformed(event) is None
+    with pytest.raises(ValueError, match="without files"):
+        job_event("exported", "J1", vertices=3, faces=1)
+    assert malformed({"event": "progress", "job": "J1", "total": 3}) == (
+        "'progress' event without step, t, loss, elapsed_s, eta_s"
+    )
+    assert set(JOB_EVENT_FIELDS) <= set(EVENTS)
+
+
+def test_error_codes_are_a_closed_set_on_both_sides() -> None:
+    from sdi_blender.client import ServerError
+    from sdi_blender.protocol import CLIENT_ERROR_CODES
+
+    assert not set(CLIENT_ERROR_CODES) & set(ERROR_CODES)
+    with pytest.raises(ValueError, match="not a protocol error code"):
+        error_event("oops", "x")
+    with pytest.raises(ValueError, match="not a protocol error code"):
+        ServerError("oops", "x")
+    assert ServerError("timeout", "slow").code == "timeout"
+    # A code from a newer server reads as internal, keeping its message.
+    err = ServerError.from_event({"event": "error", "code": "brand_new", "message": "m", "hint": "h"})
+    assert (err.code, err.message, err.hint) == ("internal", "m", "h")

@@ -40,5 +40,8 @@ def test_ci_runs_the_test_command_verbatim():
     test_cmd = _top_commands()[1]
     assert test_cmd.startswith("python vendor_setup.py --dev && ")
     assert "pytest" in test_cmd
+    # Lint, format check and types run before the tests, on the whole tree.
+    for check in (".venv/bin/ruff check .", ".venv/bin/ruff format --check .", ".venv/bin/mypy"):
+        assert check in test_cmd
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert test_cmd in ci

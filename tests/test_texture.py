@@ -133,6 +133,24 @@ def test_dilate_isolated_blobs():
     np.testing.assert_array_equal(out[d_blue < d_red], [[0.0, 0.0, 1.0]] * int((d_blue < d_red).sum()))
 
 
+@pytest.mark.parametrize("density", [0.005, 0.05, 0.5])
+def test_dilate_takes_the_exact_nearest_covered_texel(density):
+    size = 61
+    rng = np.random.default_rng(7)
+    mask = rng.random((size, size)) < density
+    mask[20:30, 5:40] = True  # and a chart
+    image = np.zeros((size, size, 3))
+    image[..., 0] = np.arange(size * size).reshape(size, size)  # each texel's colour names it
+    out = dilate(image, mask)
+    np.testing.assert_array_equal(out[mask], image[mask])
+    sr, sc = np.divmod(out[..., 0].astype(np.int64), size)
+    assert mask[sr, sc].all()  # every texel's colour comes from a covered texel...
+    rr, cc = np.indices((size, size))
+    seeds = np.argwhere(mask)
+    nearest = ((rr[..., None] - seeds[:, 0]) ** 2 + (cc[..., None] - seeds[:, 1]) ** 2).min(-1)
+    np.testing.assert_array_equal((rr - sr) ** 2 + (cc - sc) ** 2, nearest)  # ...an exactly nearest one
+
+
 def test_bake_sphere_round_trip(sphere, baked):
     (verts2, faces2, uvs, image, info), stages = baked
     assert image.shape == (512, 512, 3) and image.dtype == np.uint8

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sdi_blender.server.commands.generate import GenerateRequest, run_generate
+from sdi_blender.server.commands.generate import run_generate
 from sdi_blender.server.evaluation.toy_score import score_run
 from sdi_blender.server.toyworld.objects import TOY_OBJECTS
+from sdi_blender.server.training.plan import GenerateRequest
 
 pytestmark = pytest.mark.e2e
 

@@ -10,13 +10,13 @@ import torch
 
 from sdi_blender.errors import UserError
 from sdi_blender.server.diffusion.guidance import NoisePredictor, ScoreDistillation
+from sdi_blender.server.diffusion.interface import Prior
 from sdi_blender.server.diffusion.prompts import PromptOptions
 from sdi_blender.server.evaluation.toy_score import turntable_views
 from sdi_blender.server.scene.shading import ShadingConfig
 from sdi_blender.server.toyworld.objects import TOY_OBJECTS, TOY_PROMPTS, check_toy_prompt
 from sdi_blender.server.toyworld.prior import shading_probabilities
 from sdi_blender.server.toyworld.render import BACKGROUND, orbit_views, render_toy
-from sdi_blender.server.training.priors import Prior
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,8 @@ def test_eval_of_a_toy_world_run_adds_psnr_and_mask_iou_against_the_truth(tmp_pa
     import json as json_
 
     from sdi_blender.server.evaluation.evaluate import evaluate, group_summary
-    from sdi_blender.server.scene.field import EnvironmentBackground, ImplicitVolume
+    from sdi_blender.server.scene.background import EnvironmentBackground
+    from sdi_blender.server.scene.field import ImplicitVolume
     from sdi_blender.server.training import run_dir
     from sdi_blender.server.training.config import make_config
 

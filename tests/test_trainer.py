@@ -202,12 +202,22 @@ def test_loss_values_are_read_when_they_arrive_and_at_most_two_steps_late():
 
     fetch = _LossFetch(torch.device("cpu"), max_lag=2)
     events = [_FakeEvent(done) for done in (True, False, False, False)]
-    for step, event in enumerate(events, 1):
-        fetch.pending.append((step, 900, ["total"], torch.tensor([float(step)]), event))
-    # Step 1 has arrived; step 2 has not, but 3 are outstanding: wait for it; keep 3 and 4.
-    assert [s for s, _, _ in fetch.ready()] == [1, 2]
-    assert not events[0].waited or events[0].done
-    assert events[1].waited and not events[2].waited
+
+    def push(step: int) -> None:
+        fetch.pending.append((step, 900, ["total"], torch.tensor([float(step)]), events[step - 1]))
+
+    push(1)
+    push(2)
+    # Two outstanding (not more than max_lag): step 1 is read because it has arrived; step 2
+    # has not, and nobody waits for it.
+    assert [(s, v) for s, _, v in fetch.ready()] == [(1, {"total": 1.0})]
+    assert not events[1].waited
+    push(3)
+    push(4)
+    # Three outstanding: step 2 is now too late, so it is waited for; 3 and 4 are kept.
+    assert [s for s, _, _ in fetch.ready()] == [2]
+    assert events[1].waited and not events[2].waited and not events[3].waited
     assert fetch.ready() == []  # two outstanding, neither arrived: no wait
+    assert not events[2].waited and not events[3].waited
     assert [(s, v) for s, _, v in fetch.ready(wait=True)] == [(3, {"total": 3.0}), (4, {"total": 4.0})]
     assert not fetch.pending

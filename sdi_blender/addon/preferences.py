@@ -1,3 +1,5 @@
+# mypy: disable-error-code="valid-type"
+# (Blender declares properties as calls in class annotations, e.g. ``x: bpy.props.IntProperty()``.)
 """Add-on preferences: which server to use and how (Edit > Preferences > Add-ons > SDI)."""
 
 from __future__ import annotations
@@ -7,12 +9,12 @@ from pathlib import Path
 
 import bpy
 
+from ..catalog import DEFAULT_MODEL
 from .controller import ServerSettings
 
 # Blender looks preferences up by the add-on's module name, which is the parent of this
 # subpackage; as an extension it carries a prefix (bl_ext.<repo>.sdi_blender).
 ADDON_PACKAGE = __package__.rpartition(".")[0]
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"  # the paper's model
 SERVER_PYTHON_ENV = "SDI_SERVER_PYTHON"
 
 

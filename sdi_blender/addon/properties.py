@@ -1,3 +1,5 @@
+# mypy: disable-error-code="valid-type"
+# (Blender declares properties as calls in class annotations, e.g. ``x: bpy.props.IntProperty()``.)
 """What the artist sets in the SDI panel, stored in the scene (``scene.sdi``)."""
 
 from __future__ import annotations
@@ -6,16 +8,13 @@ from typing import Any
 
 import bpy
 
+from .. import catalog
+
 JOB_KEY = "sdi_job"
 """Custom property holding the job id on an imported object (kept if the add-on is removed)."""
 
-PRESETS = [
-    ("draft", "Draft", "2,000 steps at 256 px: a quick look"),
-    ("standard", "Standard", "5,000 steps at 512 px: most of the quality in half the time"),
-    ("paper", "Paper", "The paper's 10,000 steps at 512 px"),
-    ("test", "Test", "30 steps at 64 px, for checking an install with the tiny model"),
-    ("toy", "Toy world", "400 steps at 32 px with the built-in toy world (model 'toyworld'): a known object"),
-]
+PRESETS = [(name, p.label, p.description) for name, p in catalog.PRESETS.items()]
+"""The Quality menu: every preset the server has."""
 TEXTURE_SIZES = [(str(2**k), f"{2**k} px", "") for k in range(8, 14)]
 
 
@@ -35,11 +34,8 @@ class SDISettings(bpy.types.PropertyGroup):
     negative_prompt: bpy.props.StringProperty(name="Negative", description="What it should not look like")
     method: bpy.props.EnumProperty(
         name="Method",
-        default="sdi",
-        items=[
-            ("sdi", "SDI", "Noise by DDIM inversion of the render (the paper): sharper"),
-            ("sds", "SDS", "Score Distillation Sampling with random noise: the classic baseline"),
-        ],
+        default=catalog.DEFAULT_METHOD,
+        items=[(m, m.upper(), what) for m, what in catalog.METHODS.items()],
     )
     preset: bpy.props.EnumProperty(name="Quality", items=PRESETS, default="draft")
     seed: bpy.props.IntProperty(name="Seed", default=0, min=0)

@@ -97,7 +97,7 @@ def apply(outcome: ctl.Outcome) -> Report:
         return "WARNING", outcome.message or "SDI: cancelled; the scene is unchanged"
     if outcome.status == "error":
         return "ERROR", f"SDI: {outcome.report()}"
-    glb = view.files.get("glb") or view.files.get("mesh")
+    glb = view.files.get("mesh")  # the exported event's files by kind (server/service/jobs.py)
     if not glb:
         return "ERROR", "SDI: the job ended without a mesh"
     try:

@@ -1,9 +1,9 @@
-"""Everything that needs torch: the diffusion prior, score distillation and the jobs built on them.
+"""Everything that needs torch, in subpackages by role that import one way only:
 
-Data flows one way: ``model_source`` → ``prior`` (with ``prompts``) → ``guidance`` ←
-renders (``cameras`` → ``renderer`` over ``field``/``background`` with ``shading``) →
-``trainer`` (``train_config``, ``regularizers``, ``run_dir``, ``reports``) → ``mesh`` →
-``texture`` → ``export``. ``distill2d`` is the paper's 2D experiment; ``generate`` and
-``export`` back the commands; ``tiny_model`` builds the offline test model and ``images``
-writes pictures. Importing this package itself loads nothing heavy.
+util ← scene, diffusion ← toyworld ← training ← export ← evaluation ← commands, service.
+
+``scene`` renders (encoding → field, background, cameras, shading → renderer); ``diffusion``
+scores renders (model source → prior, prompts → guidance); ``training`` joins them into a run;
+``export`` turns a run into a textured mesh; ``evaluation`` scores runs; ``commands`` are the
+CLI's back-ends and ``service`` the add-on's server. Importing this package loads nothing heavy.
 """

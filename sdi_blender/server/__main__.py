@@ -1,10 +1,10 @@
-"""``python -m sdi_blender.server [options]``: the same as ``sdi-blender serve [options]``."""
+"""``python -m sdi_blender.server [options]``: the generation server, as ``sdi-blender serve``."""
 
 from __future__ import annotations
 
 import sys
 
-from ..cli import main
+from .service.server import main
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", *sys.argv[1:]]))
+    sys.exit(main())

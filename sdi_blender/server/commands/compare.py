@@ -9,18 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ... import catalog
 from ...errors import UserError
+from ..diffusion.interface import Prior
 from ..diffusion.model_source import DEFAULT_MODEL
 from ..evaluation.clip_metrics import DEFAULT_CLIP
 from ..evaluation.evaluate import evaluate, group_summary
 from ..evaluation.report import check_report_dir, write_report
 from ..training import run_dir
-from ..training.priors import Prior, load_prior
+from ..training.plan import GenerateRequest
+from ..training.priors import load_prior
 from ..training.trainer import LossDiverged
 from ..util.devices import resolve_device
-from .generate import GenerateRequest, run_generate
+from .generate import run_generate
 
-METHODS = ("sds", "sdi")
+METHODS = tuple(catalog.METHODS)[::-1]
+"""The catalog's methods, the baseline (SDS) first."""
 
 
 @dataclass

@@ -19,9 +19,10 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
-from ..diffusion.guidance import METHODS, ScoreDistillation, annealed_timestep
+from ..diffusion.guidance import METHODS, ScoreDistillation, annealed_timestep, as_method
+from ..diffusion.interface import Prior
 from ..diffusion.model_source import DEFAULT_MODEL
-from ..training.priors import Prior, load_prior
+from ..training.priors import load_prior
 from ..util.console import StepBar
 from ..util.devices import resolve_device
 from ..util.fileio import atomic_write
@@ -109,7 +110,7 @@ def distill2d(cfg: Distill2DConfig, prior: Prior, progress: ProgressFn | None = 
     optimiser = torch.optim.Adam([latent], lr=cfg.lr)
     guidance = ScoreDistillation(
         prior.predictor(prior.encode_prompt(cfg.prompt, cfg.negative_prompt)),
-        cfg.method,
+        as_method(cfg.method),
         guidance_scale=cfg.guidance_scale,
         **cfg.inversion,
     )
@@ -176,12 +177,12 @@ def run_distill2d(
     results = []
     for method in methods:
         bar = StepBar(cfg.steps, label=method.upper())
+
+        def progress(step: int, total: int, t: int, loss: float, bar: StepBar = bar) -> None:
+            bar.update(step, t, loss)
+
         try:
-            results.append(
-                distill2d(
-                    replace(cfg, method=method), prior, lambda step, total, t, loss, bar=bar: bar.update(step, t, loss)
-                )
-            )
+            results.append(distill2d(replace(cfg, method=method), prior, progress))
         finally:
             bar.close()
     tiles = [to_pil(r.image) for r in results]

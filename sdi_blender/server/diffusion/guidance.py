@@ -15,18 +15,26 @@ sentinel :data:`CLEAN` (``-1``) stands for the noise-free end of a trajectory, `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from ... import catalog
 from ..util.step_timer import StageHook, no_stage
 
 CLEAN = -1
 """Timestep sentinel for the clean image (ᾱ = 1), where DDIM inversion starts and sampling ends."""
 
 Method = Literal["sdi", "sds"]
-METHODS: tuple[str, ...] = ("sdi", "sds")
+METHODS: tuple[str, ...] = tuple(catalog.METHODS)
+
+
+def as_method(name: str) -> Method:
+    """``name`` (e.g. a config's ``method``) as a :data:`Method`; ValueError if it is none."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: choose one of {', '.join(METHODS)}")
+    return cast(Method, name)
 
 
 @runtime_checkable
@@ -49,7 +57,7 @@ def alpha_bar(alphas_cumprod: Tensor, t: int, like: Tensor) -> Tensor:
 
 
 def predict_x0(x_t: Tensor, eps: Tensor, a_t: Tensor) -> Tensor:
-    """x̂0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t  (DDIM eq. 9 solved for x0)."""
+    """x̂0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t  (DDIM eq. 9 solved for x0); x_t, ε̂ ``[B, C, H, W]``, ᾱ_t a scalar."""
     return (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
 
 
@@ -57,6 +65,7 @@ def ddim_hop(x: Tensor, eps: Tensor, a_from: Tensor, a_to: Tensor) -> Tensor:
     """One deterministic DDIM move from noise level ᾱ_from to ᾱ_to (DDIM eq. 12, σ = 0).
 
     The same formula serves both directions: denoising (ᾱ_to > ᾱ_from) and inversion.
+    ``x``, ``eps``: ``[B, C, H, W]``; the ᾱ are scalars.
     """
     return a_to.sqrt() * predict_x0(x, eps, a_from) + (1 - a_to).sqrt() * eps
 
@@ -100,7 +109,7 @@ def ddim_invert(
     grid_limit: int | None = None,
     offset: int = 1,
 ) -> Tensor:
-    """DDIM-invert the clean ``x0`` to the noisy latent at ``t_end``.
+    """DDIM-invert the clean ``x0`` ``[B, C, H, W]`` to the noisy latent at ``t_end`` (same shape).
 
     Each hop predicts ε̂ at the cleaner end (the usual inversion approximation
     ε(x_next) ≈ ε(x)), moves deterministically (eq. 12), and, with ``eta > 0``, adds
@@ -206,8 +215,7 @@ class ScoreDistillation:
         delta_generator: torch.Generator | None = None,
         stage: StageHook = no_stage,
     ) -> None:
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+        as_method(method)  # callers without a type checker may pass any string
         if inversion_step < 1:
             raise ValueError(f"inversion_step must be >= 1, got {inversion_step}")
         self.predictor = predictor

@@ -5,17 +5,22 @@ Torch-free, so that the command line can reject a bad ``--model`` before loading
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
+from ...catalog import BUILTIN_MODELS, DEFAULT_MODEL, TINY, TOYWORLD
 from ...errors import UserError
 
-TINY = "tiny"
-TOYWORLD = "toyworld"
-"""The built-in toy world: an exact denoiser of pictures of known objects (``toy_prior``)."""
-BUILTIN_MODELS = (TINY, TOYWORLD)
-DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
-"""The paper's model."""
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "TINY",
+    "TOYWORLD",
+    "check_model_name",
+    "check_remote_model",
+    "resolve_model_source",
+]
 # A Hugging Face repository id: "owner/name", no path-like prefix.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -35,6 +40,28 @@ def check_model_name(model: str, hint: str = "", builtins: tuple[str, ...] = BUI
         or "give a diffusers model directory, a hub id such as "
         "stabilityai/stable-diffusion-2-1-base, 'tiny' or 'toyworld'",
     )
+
+
+def check_remote_model(model: str, roots: tuple[Path, ...]) -> None:
+    """For a server reachable from other machines: only built-ins, hub ids and folders under
+    ``roots``. The refusal is the same whether or not the path exists, so a client cannot use it
+    to learn which folders the server's machine has."""
+    if model in BUILTIN_MODELS or (_HUB_ID.match(model) and not model.startswith(".")):
+        return
+    path = Path(model)
+    if path.is_absolute() and any(_inside(path, root) for root in roots):
+        return
+    raise UserError(
+        f"model '{model[:200]}' is not a hub id, a built-in model or a folder under the server's model roots",
+        hint="the server's owner can add a folder with --model-root",
+    )
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_model_source(model: str) -> str:

@@ -83,7 +83,7 @@ def _load_components(model_id: str, folder: str, dtype: torch.dtype) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    kw = {"local_files_only": True}
+    kw: dict[str, Any] = {"local_files_only": True}
     try:
         return {
             "tokenizer": CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **kw),
@@ -108,7 +108,6 @@ class StableDiffusionPrior:
         quiet_hf_logging()
         parts = _load_components(model, fetch_model(model, resolve_model_source(model)), self.dtype)
         self.tokenizer = parts["tokenizer"]
-        self.scheduler_config = dict(parts["scheduler"].config)
         self.text_encoder = parts["text_encoder"].to(self.device).eval().requires_grad_(False)
         self.unet = parts["unet"].to(self.device).eval().requires_grad_(False)
         self.vae = parts["vae"].to(self.device).eval().requires_grad_(False)
@@ -253,6 +252,7 @@ class GuidedPredictor:
             return
         # The prompt mix is computed on the host (pass host cameras to avoid a copy back) and
         # sent to the device without blocking: see to_device.
+        assert elevation_deg is not None, "view-dependent prompts need the cameras' elevations too"
         elevation_deg, azimuth_deg = elevation_deg.cpu(), azimuth_deg.cpu()
         dev = emb.views.device
         uncond = emb.negative.expand(azimuth_deg.shape[0], -1, -1)

@@ -123,7 +123,8 @@ class ClipJudge:
             clip = CLIPModel.from_pretrained(folder, dtype=torch.float32, **kw)
         except (OSError, ValueError) as exc:
             raise unavailable(model, f"its files in '{folder}' are incomplete or unreadable", _ALTERNATIVES) from exc
-        self.model = clip.to(self.device).eval().requires_grad_(False)
+        # ignore: transformers' @wraps(nn.Module.to) types the bound to() as the unbound one
+        self.model = clip.to(self.device).eval().requires_grad_(False)  # type: ignore[arg-type]
 
     @property
     def logit_scale(self) -> float:

@@ -10,17 +10,15 @@ import csv
 import html
 import json
 import math
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
 from ..training.reports import loss_curve_png
+from ..util.fileio import staged_folder
 from ..util.images import grid, label, to_pil
 from .evaluate import RunEval
-
-REPORT_FILES = ("metrics.json", "metrics.csv", "report.html", "contact.png")
 
 
 def check_report_dir(out: Path) -> None:
@@ -32,24 +30,8 @@ def check_report_dir(out: Path) -> None:
 def write_report(results: Sequence[RunEval], groups: list[dict[str, Any]], out: Path, settings: dict[str, Any]) -> None:
     """Write the report folder ``out`` (replacing an earlier report there)."""
     check_report_dir(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.with_name(f".{out.name}.staging")
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
-        stage.mkdir()
+    with staged_folder(out) as stage:
         _write_all(results, groups, stage, settings)
-        _swap_in(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def _swap_in(stage: Path, out: Path) -> None:
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    stage.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_all(

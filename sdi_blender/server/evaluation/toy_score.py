@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
 
 from ..toyworld.objects import ToyObject, toy_object
 from ..toyworld.render import ToyViews, orbit_views, render_toy
+
+if TYPE_CHECKING:
+    import trimesh
 
 IOU_GRID = 48
 """Grid points per side for the volumetric IoU."""
@@ -57,11 +61,12 @@ def part_distance(part, world: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.maximum(q, 0), axis=-1) + np.minimum(q.max(-1), 0)
 
 
-def load_blender_mesh(glb: Path):
+def load_blender_mesh(glb: Path) -> tuple[trimesh.Trimesh, np.ndarray]:
     """(trimesh mesh in Blender coordinates, per-vertex texture colour [V, 3] in 0–1)."""
     import trimesh
 
     scene = trimesh.load(glb, force="scene")
+    assert isinstance(scene, trimesh.Scene)  # force="scene"
     mesh = next(iter(scene.geometry.values()))
     colours = mesh.visual.to_color().vertex_colors[:, :3] / 255.0
     mesh = trimesh.Trimesh(blender_from_gltf(np.asarray(mesh.vertices)), mesh.faces, process=False)
@@ -144,7 +149,14 @@ def view_scores(obj: ToyObject, views: ToyViews, rgb: torch.Tensor, opacity: tor
     return {"psnr": float((-10 * mse.log10()).mean()), "mask_iou": float(iou.mean())}
 
 
-TOY_EXPORT = {"resolution": 96, "texture_size": 256}
+class ToyExport(TypedDict):
+    """The ``ExportSettings`` fields the toy world sets."""
+
+    resolution: int
+    texture_size: int
+
+
+TOY_EXPORT: ToyExport = {"resolution": 96, "texture_size": 256}
 """Export settings that resolve the toy objects (cells of 2/96 ≈ 0.02 over the toy preset's box)."""
 
 

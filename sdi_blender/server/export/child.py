@@ -4,24 +4,50 @@ ends the child and fails the job, never the server that runs it.
 The child is spawned fresh (no inherited CUDA state or threads), runs the export with a
 progress callback that stops it when the parent's cancel event is set (the export then
 keeps the previous one, as in-process), and sends back the result or the error.
+
+The child never outlives the server: it exits as soon as its parent is gone (the kernel kills
+it on Linux, and a watchdog thread notices a new parent pid everywhere). And an export only
+replaces the job's mesh while it is still the job's current export: each start writes a new
+claim (``.export.claim``) into the run folder, and the child checks it just before its swap, so
+an export left over from a killed server can never overwrite a newer one.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import secrets
+import signal
+import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
+from ..util.devices import is_out_of_memory
+from ..util.fileio import atomic_write
 from .pipeline import ExportResult, ExportSettings, export_run
 
+CLAIM = ".export.claim"
+"""The run folder's current export claim: the token of the export allowed to swap its result in."""
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies (Linux)
+
 _CRASH_HINT = "the server is fine; try another mesh resolution or face budget (see job.log)"
+_FAILED_HINT = "see job.log; a different mesh resolution or --threshold may avoid it"
+_OOM_HINT = "lower the mesh resolution or texture size"
 
 
 class ExportCrashed(UserError):
     """The export's process died without an answer (e.g. a segfault in a native library)."""
+
+    code = "internal"
+
+
+class ExportFailed(UserError):
+    """The export raised an unexpected error; its message names the stage and the cause."""
 
     code = "internal"
 
@@ -50,8 +76,13 @@ def export_in_child(
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
     receive, send = ctx.Pipe(duplex=False)
+    claim = secrets.token_hex(8)
+    atomic_write(run / CLAIM, claim)  # from now on an older export of this run cannot swap in
     child = ctx.Process(
-        target=_child, args=(export_fn, run, settings, device, stop, send), name="sdi-export", daemon=True
+        target=_child,
+        args=(export_fn, run, settings, device, stop, send, claim, os.getpid()),
+        name="sdi-export",
+        daemon=True,
     )
     child.start()
     send.close()  # ours: only the child writes, so a dead child reads as EOF
@@ -82,10 +113,10 @@ def _unpack(kind: str, payload: Any) -> ExportResult:
         error = UserError(message, hint)
         error.code = code
         raise error
-    last = payload.strip().splitlines()[-1] if payload.strip() else "no traceback"
-    error = RuntimeError(f"export failed: {last}")
-    error.add_note(f"in the export process:\n{payload}")  # job.log shows the child's traceback
-    raise error
+    stage, what, trace = payload
+    failure = ExportFailed(f"export failed during {stage}: {what.splitlines()[0]}", hint=_FAILED_HINT)
+    failure.add_note(f"in the export process:\n{trace}")  # job.log shows the child's traceback
+    raise failure
 
 
 def _how(exitcode: int | None) -> str:
@@ -93,11 +124,25 @@ def _how(exitcode: int | None) -> str:
 
 
 def _child(
-    export_fn: Callable[..., ExportResult], run: Path, settings: ExportSettings, device: str, stop: Any, send: Any
+    export_fn: Callable[..., ExportResult],
+    run: Path,
+    settings: ExportSettings,
+    device: str,
+    stop: Any,
+    send: Any,
+    claim: str,
+    parent: int,
 ) -> None:
+    _die_with(parent)
+
+    current = ["load"]  # the stage running, for the error of an unexpected failure
+
     def progress(stage: str, fraction: float) -> None:
+        current[0] = stage
         if stop.is_set():
             raise _Stop
+        if stage == "commit" and not _still_claimed(run, claim):
+            raise _Stop  # a newer export of this run started: keep its result, not ours
 
     try:
         message: tuple[str, Any] = ("ok", export_fn(run, settings, device, progress))
@@ -106,16 +151,37 @@ def _child(
     except UserError as exc:
         message = ("user_error", (exc.code, exc.message, exc.hint))
     except Exception as exc:
-        message = _other_error(exc)
+        message = _other_error(exc, current[0])
     send.send(message)
 
 
-def _other_error(exc: Exception) -> tuple[str, Any]:
-    import torch
+def _still_claimed(run: Path, claim: str) -> bool:
+    try:
+        return (run / CLAIM).read_text(encoding="utf-8") == claim
+    except OSError:
+        return False
 
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return (
-            "user_error",
-            ("out_of_memory", f"out of memory: {exc}".splitlines()[0], "lower the mesh resolution or texture size"),
-        )
-    return ("error", traceback.format_exc())
+
+def _die_with(parent: int, poll_s: float = 0.5) -> None:
+    """End this process when ``parent`` ends, however it ends (kill -9 included)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still covers it
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            threading.Event().wait(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sdi-export-watchdog", daemon=True).start()
+
+
+def _other_error(exc: Exception, stage: str) -> tuple[str, Any]:
+    if is_out_of_memory(exc):
+        return ("user_error", ("out_of_memory", f"out of memory during {stage}", _OOM_HINT))
+    return ("error", (stage, f"{type(exc).__name__}: {exc}".strip(), traceback.format_exc()))

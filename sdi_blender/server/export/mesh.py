@@ -8,8 +8,8 @@ box faces themselves are sampled. A surface cut by the box stays open there (not
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import mcubes
@@ -19,6 +19,8 @@ import trimesh
 from torch import Tensor
 
 from sdi_blender.errors import UserError
+
+from ..util.step_timer import timed
 
 OFFICIAL_THRESHOLD = 25.0
 """The official export's density level (tuned for 128³ grids of this field)."""
@@ -48,12 +50,14 @@ def sample_density(
     bounds: float,
     device: torch.device | str = "cpu",
     chunk: int = 2**18,
+    progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """Density at the ``(resolution + 1)^3`` cell corners of ``[-bounds, bounds]^3``, float32.
 
     ``grid[i, j, k]`` is the density at ``(-b + i h, -b + j h, -b + k h)``, ``h = 2b / resolution``.
     Each chunk builds its coordinates from flat indices, so memory beyond the result is
-    ``O(chunk)`` whatever the resolution.
+    ``O(chunk)`` whatever the resolution. ``progress(fraction)`` follows each chunk (it may raise
+    to stop the sampling: that is how an export is cancelled mid-stage).
     """
     if not 1 <= resolution <= MAX_RESOLUTION:
         raise UserError(f"mesh resolution {resolution} is out of range 1–{MAX_RESOLUTION}")
@@ -66,6 +70,8 @@ def sample_density(
             ijk = torch.stack((idx // (n * n), (idx // n) % n, idx % n), dim=-1)
             x = ijk.to(torch.float32) * step - bounds
             out[start : start + len(idx)] = density_fn(x).float().reshape(-1).cpu().numpy()
+            if progress is not None:
+                progress((start + len(idx)) / n**3)
     return out.reshape(n, n, n)
 
 
@@ -197,30 +203,28 @@ def build_mesh(
     report = progress or (lambda stage, fraction: None)
     seconds: dict[str, float] = {}
 
-    def stage(name: str, fraction: float) -> float:
+    def stage(name: str, fraction: float) -> AbstractContextManager[None]:
         report(name, fraction)
-        return time.perf_counter()
+        return timed(seconds, name)
 
-    t = stage("sample", 0.0)
-    grid = sample_density(density_fn, settings.resolution, settings.bounds, device)
-    seconds["sample"] = time.perf_counter() - t
+    with stage("sample", 0.0):
+        grid = sample_density(
+            density_fn, settings.resolution, settings.bounds, device, progress=lambda f: report("sample", 0.6 * f)
+        )
 
-    t = stage("threshold", 0.6)
-    if settings.threshold is None:
-        threshold, rule = auto_threshold(grid)
-    else:
-        threshold, rule = float(settings.threshold), "user"
-    seconds["threshold"] = time.perf_counter() - t
+    with stage("threshold", 0.6):
+        if settings.threshold is None:
+            threshold, rule = auto_threshold(grid)
+        else:
+            threshold, rule = float(settings.threshold), "user"
 
-    t = stage("marching_cubes", 0.65)
-    mesh = extract_mesh(grid, threshold, settings.bounds, settings.min_component_fraction)
-    dropped = mesh.metadata["components_dropped"]
-    seconds["marching_cubes"] = time.perf_counter() - t
+    with stage("marching_cubes", 0.65):
+        mesh = extract_mesh(grid, threshold, settings.bounds, settings.min_component_fraction)
+        dropped = mesh.metadata["components_dropped"]
 
     if settings.faces:
-        t = stage("decimate", 0.85)
-        mesh = decimate(mesh, settings.faces)
-        seconds["decimate"] = time.perf_counter() - t
+        with stage("decimate", 0.85):
+            mesh = decimate(mesh, settings.faces)
 
     _ = mesh.vertex_normals  # computed (and cached) from the final faces
     report("done", 1.0)

@@ -16,8 +16,6 @@ is about a metre across).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,14 +24,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ... import catalog
 from ...errors import UserError
 from ..scene.field import ImplicitVolume
 from ..training.checkpoint import load_field
 from ..util.devices import resolve_device
+from ..util.fileio import staged_folder
 from .mesh import MeshSettings, build_mesh
 from .texture import bake_texture
 
-EXPORT_DIR = "export"
+EXPORT_DIR = catalog.EXPORT_DIR
 FORMATS = ("glb", "obj")
 ProgressFn = Callable[[str, float], None]
 """progress(stage, fraction of that stage done)."""
@@ -123,17 +123,16 @@ def export_run(
         "vertices": int(len(verts)),
         "faces": int(len(faces)),
     }
-    files = _write_atomically(run, verts, faces, uvs, image, settings.format, info, t_write, t0)
+    files = _write_atomically(run, verts, faces, uvs, image, settings.format, info, t_write, t0, progress)
     progress("write", 1.0)
     return ExportResult(files, json.loads(files["info"].read_text()))
 
 
 def _write_atomically(
-    run: Path, verts, faces, uvs, image, fmt: str, info: dict, t_write: float, t0: float
+    run: Path, verts, faces, uvs, image, fmt: str, info: dict, t_write: float, t0: float, progress: ProgressFn
 ) -> dict[str, Path]:
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=run))
-    target, old = run / EXPORT_DIR, run / f".old{staging.name}"
-    try:
+    target = run / EXPORT_DIR
+    with staged_folder(target) as staging:  # a failure keeps the previous export
         names = write_mesh(staging, verts @ TO_GLTF.T, faces, uvs, image, fmt)
         info["seconds"] = {
             **info.get("seconds", {}),
@@ -142,16 +141,7 @@ def _write_atomically(
         }
         info["files"] = names
         (staging / "export.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-        if target.exists():
-            target.rename(old)
-        staging.rename(target)
-    except BaseException:
-        if old.exists() and not target.exists():
-            old.rename(target)  # put the previous export back
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        progress("commit", 1.0)  # the last word before the swap: raising here keeps the previous export
     return {**{k: target / v for k, v in names.items()}, "info": target / "export.json"}
 
 
@@ -163,6 +153,7 @@ def write_mesh(
     from PIL import Image
 
     texture = Image.fromarray(image)
+    material: trimesh.visual.material.Material
     if fmt == "glb":  # a rough, non-metallic PBR material whose base colour is the bake
         material = trimesh.visual.material.PBRMaterial(
             name="albedo", baseColorTexture=texture, metallicFactor=0.0, roughnessFactor=1.0
@@ -180,12 +171,17 @@ def write_mesh(
         vertices=verts, faces=faces, process=False, visual=trimesh.visual.TextureVisuals(uv=uvs, material=material)
     )
     if fmt == "glb":
-        (folder / "mesh.glb").write_bytes(mesh.export(file_type="glb"))
-        return {"mesh": "mesh.glb"}
-    files = trimesh.exchange.obj.export_obj(mesh, include_texture=True, mtl_name="mesh.mtl", return_texture=True)
+        glb = f"{catalog.MESH_STEM}.glb"
+        data = mesh.export(file_type="glb")
+        assert isinstance(data, bytes)  # a GLB is one binary file
+        (folder / glb).write_bytes(data)
+        return {"mesh": glb}
+    files = trimesh.exchange.obj.export_obj(
+        mesh, include_texture=True, mtl_name=f"{catalog.MESH_STEM}.mtl", return_texture=True
+    )
     text, assets = files if isinstance(files, tuple) else (files, {})
-    (folder / "mesh.obj").write_text(text, encoding="utf-8")
-    names = {"mesh": "mesh.obj"}
+    (folder / f"{catalog.MESH_STEM}.obj").write_text(text, encoding="utf-8")
+    names = {"mesh": f"{catalog.MESH_STEM}.obj"}
     for name, data in assets.items():
         (folder / name).write_bytes(data)
         names["material" if name.endswith(".mtl") else "texture"] = name

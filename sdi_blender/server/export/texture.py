@@ -11,11 +11,13 @@ Everything here is CPU numpy; rasterisation is done by hand (no OpenGL).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
 import xatlas
+from scipy import ndimage
+
+from ..util.step_timer import timed
 
 ColorFn = Callable[[np.ndarray], np.ndarray]
 Progress = Callable[[str, float], None]
@@ -138,51 +140,21 @@ def bake(
     return image
 
 
-def _nearest_seed(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Jump flooding: (row, col) of an (almost exactly) nearest True texel, or -1."""
-    height, width = mask.shape
-    rr, cc = np.indices(mask.shape, dtype=np.int32)
-    sr = np.where(mask, rr, -1).astype(np.int32)
-    sc = np.where(mask, cc, -1).astype(np.int32)
-    # Squared distances fit int32 for any texture under ~32k texels a side.
-    big = np.iinfo(np.int32).max
-    best = np.where(mask, 0, big).astype(np.int32)
-    steps, s = [], 1
-    while s < max(height, width):
-        steps.insert(0, s)
-        s *= 2
-    for step in steps + [2, 1]:  # extra small steps (JFA+2) fix most JFA mistakes
-        # Pad with "no seed" so every shifted view below stays in bounds.
-        pr = np.pad(sr, step, constant_values=-1)
-        pc = np.pad(sc, step, constant_values=-1)
-        for dy in (-step, 0, step):
-            for dx in (-step, 0, step):
-                if dy == 0 and dx == 0:
-                    continue
-                # Candidate = the seed stored at texel (r + dy, c + dx).
-                view = (slice(step + dy, step + dy + height), slice(step + dx, step + dx + width))
-                cr, cand_c = pr[view], pc[view]
-                dist = (rr - cr) ** 2 + (cc - cand_c) ** 2
-                better = (cr >= 0) & (dist < best)
-                np.copyto(best, dist, where=better)
-                np.copyto(sr, cr, where=better)
-                np.copyto(sc, cand_c, where=better)
-    return sr, sc
-
-
 def dilate(image: np.ndarray, mask: np.ndarray, iterations: int | None = None) -> np.ndarray:
-    """Fill empty texels with the colour of the nearest covered texel.
+    """Fill empty texels with the colour of the (exactly, Euclidean) nearest covered texel.
 
     With ``iterations=None`` every texel is filled, so no background colour can bleed
     into a seam at any mip level; an integer limits the fill to texels within that
-    many texels (Chebyshev distance) of a covered one.
+    many texels (Chebyshev distance) of that nearest covered one.
     """
     out = np.array(image, copy=True)
     mask = np.asarray(mask, dtype=bool)
     if mask.all() or not mask.any():
         return out
-    sr, sc = _nearest_seed(mask)
-    fill = ~mask & (sr >= 0)
+    # The exact Euclidean distance transform of the empty texels also says where each one's
+    # nearest covered texel is.
+    sr, sc = ndimage.distance_transform_edt(~mask, return_distances=False, return_indices=True)
+    fill = ~mask
     if iterations is not None:
         rr, cc = np.indices(mask.shape)
         fill &= np.maximum(np.abs(rr - sr), np.abs(cc - sc)) <= iterations
@@ -205,26 +177,22 @@ def bake_texture(
     report = progress or (lambda stage, fraction: None)
     seconds: dict[str, float] = {}
 
-    t = time.perf_counter()
-    report("unwrap", 0.0)
-    verts2, faces2, uvs, _, charts = unwrap_with_mapping(vertices, faces, size)
-    seconds["unwrap"] = time.perf_counter() - t
+    with timed(seconds, "unwrap"):
+        report("unwrap", 0.0)
+        verts2, faces2, uvs, _, charts = unwrap_with_mapping(vertices, faces, size)
 
-    t = time.perf_counter()
-    report("rasterize", 0.0)
-    face_id, bary = rasterize_uv(uvs, faces2, size)
-    seconds["rasterize"] = time.perf_counter() - t
+    with timed(seconds, "rasterize"):
+        report("rasterize", 0.0)
+        face_id, bary = rasterize_uv(uvs, faces2, size)
 
-    t = time.perf_counter()
-    report("bake", 0.0)
-    image = bake(verts2, faces2, face_id, bary, color_fn, size, progress=report)
-    seconds["bake"] = time.perf_counter() - t
+    with timed(seconds, "bake"):
+        report("bake", 0.0)
+        image = bake(verts2, faces2, face_id, bary, color_fn, size, progress=report)
 
-    t = time.perf_counter()
-    report("dilate", 0.0)
-    mask = face_id >= 0
-    image = dilate(image, mask)
-    seconds["dilate"] = time.perf_counter() - t
+    with timed(seconds, "dilate"):
+        report("dilate", 0.0)
+        mask = face_id >= 0
+        image = dilate(image, mask)
     report("dilate", 1.0)
 
     image8 = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .mlp import mlp
+
 # Normalisation constants of the real spherical harmonics Y_l^m, l ≤ 2.
 _SH_C0 = 0.28209479177387814  # 1 / (2√π)
 _SH_C1 = 0.4886025119029199  # √3 / (2√π)
@@ -56,12 +58,7 @@ class EnvironmentBackground(nn.Module):
     def __init__(self, config: BackgroundConfig | None = None) -> None:
         super().__init__()
         self.config = c = config or BackgroundConfig()
-        dims = [9] + [c.mlp_hidden] * c.mlp_layers
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(n_in, n_out, bias=False), nn.ReLU()]
-        # No biases, as the fused (tcnn) MLPs of the official config.
-        self.mlp = nn.Sequential(*layers, nn.Linear(dims[-1], 3, bias=False))
+        self.mlp = mlp(9, 3, c.mlp_hidden, c.mlp_layers)
 
     def forward(self, dirs: Tensor) -> Tensor:
         """Colours ``[..., 3]`` for view directions ``[..., 3]`` (normalised here)."""

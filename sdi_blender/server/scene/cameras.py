@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..util.devices import to_device
+
 
 @dataclass
 class CameraConfig:
@@ -88,7 +90,8 @@ class Cameras:
         return Cameras(**{k: fn(v) if isinstance(v, Tensor) else v for k, v in values.items()})
 
     def to(self, device: torch.device | str) -> Cameras:
-        return self._map(lambda t: t.to(device))
+        """These cameras on ``device``; a host-to-CUDA copy does not wait for the GPU's queue."""
+        return self._map(lambda t: to_device(t, torch.device(device)))
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -100,10 +103,6 @@ class Cameras:
                 raise IndexError(f"camera {key} out of range for a batch of {len(self)}")
             key = slice(key, key + 1 if key != -1 else None)
         return self._map(lambda t: t[key])
-
-    def index(self, i: int) -> Cameras:
-        """Camera ``i`` as a batch of one (e.g. for a preview render)."""
-        return self[i]
 
     @property
     def position(self) -> Tensor:

@@ -17,7 +17,9 @@ ray never holds the whole batch's per-sample intermediates at once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import nerfacc
 import torch
@@ -26,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .cameras import Cameras, camera_rays
+from .field import FieldOutput
 from .shading import ShadingConfig, shade
 
 # Per-ray channels a chunk returns: rgb(3) opacity(1) depth(1) z_variance(1) normal(3) orient(1).
@@ -83,12 +86,26 @@ def ray_box_interval(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tens
     return near, torch.maximum(far, near)
 
 
+class RenderedField(Protocol):
+    """What the renderer queries: a field module such as :class:`~.field.ImplicitVolume`."""
+
+    def density(self, x: Tensor) -> Tensor:
+        """Density ``[N]`` at world positions ``[N, 3]``."""
+        ...
+
+    def __call__(self, x: Tensor, with_normals: bool = ...) -> FieldOutput:
+        """Density, albedo and (``with_normals``) normals at world positions ``[N, 3]``."""
+        ...
+
+    def parameters(self, recurse: bool = ...) -> Iterator[nn.Parameter]: ...
+
+
 class VolumeRenderer(nn.Module):
     """Renders a field over a background for a batch of cameras."""
 
     def __init__(
         self,
-        field: nn.Module,
+        field: RenderedField,
         background: nn.Module,
         radius: float,
         config: RendererConfig | None = None,
@@ -179,6 +196,7 @@ class VolumeRenderer(nn.Module):
                 return self.field.density(origins[ray_idx] + dirs[ray_idx] * ((t0 + t1) / 2)[:, None])
 
             cfg = self.config
+            assert self.estimator is not None  # uses_grid checked it
             ray_idx, t0, t1 = self.estimator.sampling(
                 origins,
                 dirs,
@@ -212,6 +230,7 @@ class VolumeRenderer(nn.Module):
         positions = ray_of(origins) + ray_of(dirs) * t_mid[..., None]
         # Normals are always needed: shading, the orientation loss and the normal map.
         out = self.field(positions.reshape(-1, 3), with_normals=True)
+        assert out.normal is not None  # asked for
         shape = t_mid.shape
         density = out.density.reshape(shape)
         normal = out.normal.reshape(*shape, 3)
@@ -257,7 +276,7 @@ def _packed(ray_idx: Tensor | None, n_rays: int) -> dict:
 def render_views(renderer: VolumeRenderer, cams: Cameras) -> list[RenderOutput]:
     """Each camera rendered on its own (memory bounded by one view) with the albedo only,
     the official test renders' ambient-only shading (previews, turntables, evaluation)."""
-    return [renderer(cams.index(i), "albedo") for i in range(len(cams))]
+    return [renderer(cams[i], "albedo") for i in range(len(cams))]
 
 
 def as_image(out: RenderOutput) -> Tensor:

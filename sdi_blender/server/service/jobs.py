@@ -12,6 +12,7 @@ the job was queued or running; found on start-up; ``continue`` resumes it).
 from __future__ import annotations
 
 import base64
+import builtins
 import gc
 import json
 import logging
@@ -29,23 +30,28 @@ from typing import Any
 import torch
 
 from ...errors import UserError
-from ...protocol import REQUESTS, error_event
-from ..commands.generate import GenerateRequest, plan_run
-from ..diffusion.model_source import check_model_name
+from ...protocol import REQUESTS, encodable, error_event, job_event
+from ..diffusion.model_source import check_model_name, check_remote_model
 from ..export.child import ExportCancelled, export_in_child
 from ..export.pipeline import ExportSettings, export_run
 from ..training import run_dir
 from ..training.config import TrainConfig
+from ..training.plan import GenerateRequest, plan_run
 from ..training.priors import load_prior
 from ..training.trainer import Progress, Trainer, TrainerCallbacks
+from ..util.devices import is_out_of_memory
 
 JOB_FILE, LOG_FILE = "job.json", "job.log"
 _SAVED = ("id", "kind", "request", "status", "created", "error")  # what job.json holds
 ACTIVE = ("queued", "running")
+MAX_QUEUED = 64
+"""Jobs that may wait at once; one more is refused with ``conflict``."""
 Emit = Callable[[str, dict[str, Any]], None]
 _TRAIN_FIELDS = [k for k in REQUESTS["generate"] if k not in ("prompt", "preset", "export")]
 _log = logging.getLogger("sdi_blender.server")
 _OOM_HINT = "lower the preset or the resolution, or close other programs that use the GPU"
+_HOST_OOM_HINT = "lower the resolution or the texture size, or close other programs"
+_DISK_HINT = "free disk space or check the jobs folder's permissions, then continue the job"
 
 
 class Conflict(UserError):
@@ -111,23 +117,23 @@ class _Events(TrainerCallbacks):
         self.job.step = p.step
         self.emit(
             self.job.id,
-            {
-                "event": "progress",
-                "job": self.job.id,
-                "step": p.step,
-                "total": p.total,
-                "t": p.t,
-                "loss": p.losses["total"],
-                "elapsed_s": round(p.elapsed_s, 3),
-                "eta_s": round(p.eta_s, 3),
-                "time": time.time(),
-            },
+            job_event(
+                "progress",
+                self.job.id,
+                step=p.step,
+                total=p.total,
+                t=p.t,
+                loss=p.losses["total"],
+                elapsed_s=round(p.elapsed_s, 3),
+                eta_s=round(p.eta_s, 3),
+                time=time.time(),
+            ),
         )
 
     def on_preview(self, step: int, png: bytes) -> None:
         self.emit(
             self.job.id,
-            {"event": "preview", "job": self.job.id, "step": step, "png": base64.b64encode(png).decode("ascii")},
+            job_event("preview", self.job.id, step=step, png=base64.b64encode(png).decode("ascii")),
         )
 
 
@@ -144,9 +150,12 @@ class JobManager:
         trainer_factory: Callable[..., Any] = Trainer,
         prior_factory: Callable[..., Any] = load_prior,
         export_fn: Callable[..., Any] = export_run,
+        model_roots: tuple[Path, ...] | None = None,
     ) -> None:
         self.jobs_dir, self.emit, self.device, self.default_model = Path(jobs_dir), emit, device, model
         self._trainer_factory, self._prior_factory, self._export_fn = trainer_factory, prior_factory, export_fn
+        self.model_roots = model_roots
+        """None: any model; else (a server open to other machines) local folders only under these."""
         self._lock = threading.Condition()
         self._jobs: dict[str, Job] = {}
         self._queue: deque[_Task] = deque()
@@ -170,6 +179,10 @@ class JobManager:
         with self._lock:
             if self._stopping:
                 raise Conflict("the server is shutting down")
+            if len(self._queue) >= MAX_QUEUED:
+                raise Conflict(
+                    f"the queue is full ({MAX_QUEUED} jobs waiting)", hint="wait for jobs to finish, or cancel some"
+                )
             task = self._plan(kind, request)
             job = task.job
             if kind == "continue" and request.get("prompt") is not None:
@@ -222,7 +235,7 @@ class JobManager:
             jobs = sorted(self._jobs.values(), key=lambda j: (j.created, j.id))
         return [j.summary() for j in jobs]
 
-    def snapshot(self) -> tuple[list[str], str | None, str | None]:
+    def snapshot(self) -> tuple[builtins.list[str], str | None, str | None]:
         """(queued job ids, running job id, loaded model id)."""
         with self._lock:
             return (
@@ -263,6 +276,7 @@ class JobManager:
         job = self.get(req["job"])
         if job.status in ACTIVE:
             raise Conflict(f"job {job.id} is {job.status}")
+        _check_no_links(job.dir)
         if kind == "export":
             return _Task(job, export=_export_settings(req))
         config, _ = plan_run(
@@ -273,8 +287,11 @@ class JobManager:
 
     def _plan_generate(self, req: dict[str, Any]) -> _Task:
         settings = {k: req.get(k) for k in _TRAIN_FIELDS}
-        settings["model"] = settings["model"] or self.default_model
-        check_model_name(settings["model"])
+        model: str = settings["model"] or self.default_model
+        settings["model"] = model
+        if self.model_roots is not None and model != self.default_model:
+            check_remote_model(model, self.model_roots)
+        check_model_name(model)
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         job = Job(job_id, "generate", dict(req), "queued", time.time(), dir=self.jobs_dir / job_id)
         config, _ = plan_run(
@@ -296,7 +313,7 @@ class JobManager:
                 task = self._queue.popleft()
                 self._running = task.job
                 task.job.status = "running"
-                self._save(task.job)
+                _best_effort(self._save, task.job)
             try:
                 self._execute(task)
             except Exception:
@@ -307,21 +324,16 @@ class JobManager:
 
     def _execute(self, task: _Task) -> None:
         job, status, failure = task.job, "failed", None
-        self.emit(job.id, {"event": "started", "job": job.id, "kind": job.kind})
+        self.emit(job.id, job_event("started", job.id, kind=job.kind))
         self.log(job, f"started {job.kind}")
         try:
             status = self._run_task(task)
-        except torch.cuda.OutOfMemoryError as exc:
-            failure = error_event("out_of_memory", f"out of memory: {exc}".splitlines()[0], _OOM_HINT, job=job.id)
-        except UserError as exc:
-            failure = error_event(exc.code, exc.message, exc.hint, job=job.id)
         except Exception as exc:
-            self.log(job, traceback.format_exc())
-            failure = error_event("internal", f"{type(exc).__name__}: {exc}", "see job.log", job=job.id)
+            failure = self._failure(job, exc)
         if failure is not None:
             self._release_memory()  # the failed trainer's tensors went with the traceback
             self.log(job, f"failed: {failure['code']}: {failure['message']}")
-            _end_run(job.dir, "failed", failure["message"])
+            _best_effort(_end_run, job.dir, "failed", failure["message"])
         with self._lock:
             self._finish(job, status, failure and {k: failure[k] for k in ("code", "message", "hint")})
         if failure is not None:
@@ -330,12 +342,27 @@ class JobManager:
             self._announce(job)
         self.log(job, f"{status} at step {job.summary()['step']}")
 
+    def _failure(self, job: Job, exc: Exception) -> dict[str, Any]:
+        """The error event of a job that raised ``exc``: the user's errors as they are, memory and
+        disk by name, anything else ``internal`` with its traceback in job.log."""
+        if isinstance(exc, UserError):
+            return error_event(exc.code, exc.message, exc.hint, job=job.id)
+        if is_out_of_memory(exc):
+            on_gpu = isinstance(exc, torch.cuda.OutOfMemoryError)
+            message = f"out of memory: {exc}".splitlines()[0] if on_gpu else "the host ran out of memory"
+            return error_event("out_of_memory", message, _OOM_HINT if on_gpu else _HOST_OOM_HINT, job=job.id)
+        self.log(job, traceback.format_exc())
+        if isinstance(exc, OSError):  # e.g. a full disk or a folder turned read-only mid-job
+            return error_event("internal", f"cannot write the job's files: {exc}", _DISK_HINT, job=job.id)
+        return error_event("internal", f"{type(exc).__name__}: {exc}", "see job.log", job=job.id)
+
     def _run_task(self, task: _Task) -> str:
         if task.config is not None and self._train(task) == "cancelled":
             return "cancelled"
         return self._export(task.job, task.export) if task.export is not None else "done"
 
     def _train(self, task: _Task) -> str:
+        assert task.config is not None  # only training tasks come here
         prior = self._load_prior(task.config.model)
         if not task.resume:  # only once the model loaded: a missing model leaves no run behind
             run_dir.prepare_new_run(task.job.dir, overwrite=True)
@@ -352,13 +379,9 @@ class JobManager:
         files = {kind: str(path) for kind, path in result.files.items()}
         self.emit(
             job.id,
-            {
-                "event": "exported",
-                "job": job.id,
-                "files": files,
-                "vertices": result.info.get("vertices"),
-                "faces": result.info.get("faces"),
-            },
+            job_event(
+                "exported", job.id, files=files, vertices=result.info.get("vertices"), faces=result.info.get("faces")
+            ),
         )
         self.log(job, f"exported {files}")
         return "done"
@@ -375,11 +398,12 @@ class JobManager:
     # -- bookkeeping --------------------------------------------------------------------
     def _announce(self, job: Job) -> None:
         """The event of a job that ended without an error: done or cancelled."""
-        self.emit(job.id, {"event": job.status, "job": job.id, "step": job.summary()["step"]})
+        self.emit(job.id, job_event(job.status, job.id, step=job.summary()["step"]))
 
     def _finish(self, job: Job, status: str, error: dict[str, str] | None = None) -> None:
+        """End the job in memory (always) and in job.json (when the disk allows)."""
         job.status, job.error, job.step = status, error, None
-        self._save(job)
+        _best_effort(self._save, job)
 
     def _create(self, job: Job) -> None:
         """A new job's folder and job.json; nothing is left behind if that fails."""
@@ -403,22 +427,20 @@ class JobManager:
     def _recover(self) -> None:
         """Load the jobs of an earlier server; those it left queued or running are interrupted."""
         for path in sorted(self.jobs_dir.glob(f"*/{JOB_FILE}")):
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                job = Job(**{k: data[k] for k in _SAVED}, dir=path.parent)
-            except (OSError, ValueError, KeyError, TypeError):
-                continue  # not a job folder this server can read
-            if job.id != path.parent.name:
+            job = _read_job(path)
+            if job is None:
+                _log.warning("skipping %s: not a job this server can read", path.parent.name)
                 continue
+            _remove_stale_temp_files(job.dir)
             if job.status in ACTIVE:
-                job.status = "interrupted"
+                was, job.status = job.status, "interrupted"
                 job.error = {
                     "code": "interrupted",
-                    "message": f"the server stopped while the job was {data['status']}",
+                    "message": f"the server stopped while the job was {was}",
                     "hint": "continue resumes it from its last checkpoint",
                 }
-                self._save(job)
-                _end_run(job.dir, "interrupted")
+                _best_effort(self._save, job)
+                _best_effort(_end_run, job.dir, "interrupted")
                 self.log(job, "marked interrupted on server start")
             self._jobs[job.id] = job
 
@@ -428,6 +450,56 @@ def _export_settings(fields: dict[str, Any]) -> ExportSettings:
     settings = ExportSettings(**{k: v for k, v in fields.items() if k in ExportSettings.__dataclass_fields__})
     settings.validate()
     return settings
+
+
+_JOB_TYPES: dict[str, Any] = {
+    "id": str,
+    "kind": str,
+    "request": dict,
+    "status": str,
+    "created": (int, float),
+    "error": (dict, type(None)),
+}
+
+
+def _read_job(path: Path) -> Job | None:
+    """The job in a ``job.json``, or None when it is unreadable, mistyped or not its folder's."""
+    if path.parent.is_symlink() or path.is_symlink():
+        return None  # a job folder must be a real folder inside the jobs folder
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or any(not isinstance(data.get(k), typ) for k, typ in _JOB_TYPES.items()):
+        return None
+    if data["id"] != path.parent.name or not all(encodable(v) for v in (data["id"], data["request"])):
+        return None
+    return Job(**{k: data[k] for k in _SAVED}, dir=path.parent)
+
+
+def _check_no_links(folder: Path) -> None:
+    """Refuse a job folder holding symlinks: writing through one would write outside the jobs folder."""
+    links = [p for p in [folder, *folder.rglob("*")] if p.is_symlink()]
+    if links:
+        raise Conflict(
+            f"job folder '{folder.name}' holds a symbolic link ({links[0].relative_to(folder.parent)})",
+            hint="a job folder must hold real files only; remove the link",
+        )
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Temporary files of atomic writes cut short by a kill (``.<name>.<pid>.tmp``)."""
+    for tmp in folder.rglob(".*.tmp"):
+        if tmp.is_file() and not tmp.is_symlink():
+            _best_effort(tmp.unlink)
+
+
+def _best_effort(write: Callable[..., None], *args: Any) -> None:
+    """A bookkeeping write that must not stop a job from ending (its event still goes out)."""
+    try:
+        write(*args)
+    except OSError as exc:
+        _log.warning("could not record a job's state: %s", exc)
 
 
 def _end_run(run: Path, status: str, message: str = "") -> None:

@@ -12,6 +12,7 @@ its token file.
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import ipaddress
 import json
@@ -22,13 +23,13 @@ import secrets
 import signal
 import socket
 import socketserver
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 from ... import __version__
-from ...errors import UserError
+from ...catalog import DEFAULT_MODEL, DEVICE_HELP
+from ...errors import UserError, run_command
 from ...protocol import (
     ERROR_CODES,
     MAX_MESSAGE_BYTES,
@@ -39,10 +40,19 @@ from ...protocol import (
     error_event,
     validate_request,
 )
+from .lock import JobsFolderLock
 
 log = logging.getLogger("sdi_blender.server")
-HELLO_TIMEOUT_S = 30.0  # an idle, unauthenticated connection is dropped after this
-OUTBOX_LIMIT = 4096  # queued outgoing messages before a non-reading client is dropped
+HELLO_TIMEOUT_S = 30.0
+"""An unauthenticated connection has this long in all to present its hello."""
+HELLO_MAX_BYTES = 4096
+"""The longest hello read before the token check (a hello is ~100 bytes)."""
+OUTBOX_LIMIT = 4096
+"""Queued outgoing messages before a non-reading client is dropped."""
+OUTBOX_BYTES = 64 * 1024 * 1024
+"""Queued outgoing bytes before a non-reading client is dropped (previews are the big ones)."""
+MAX_CONNECTIONS = 64
+"""Open connections at once; one more is refused with ``too_busy``."""
 
 
 class Connection:
@@ -51,13 +61,21 @@ class Connection:
     def __init__(self, sock: socket.socket, name: str) -> None:
         self.sock, self.name = sock, name
         self._outbox: queue.Queue[bytes | None] = queue.Queue(OUTBOX_LIMIT)
+        self._queued_bytes, self._bytes_lock = 0, threading.Lock()
         self._writer = threading.Thread(target=self._write, name=f"send-{name}", daemon=True)
         self._writer.start()
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a message; never blocks (a client too slow to keep up is disconnected)."""
+        data = encode(message)
+        with self._bytes_lock:
+            full = self._queued_bytes + len(data) > OUTBOX_BYTES
+            if not full:
+                self._queued_bytes += len(data)
         try:
-            self._outbox.put_nowait(encode(message))
+            if full:
+                raise queue.Full
+            self._outbox.put_nowait(data)
         except queue.Full:
             log.warning("%s: not reading its messages; disconnecting", self.name)
             self.abort()
@@ -82,7 +100,9 @@ class Connection:
             try:
                 self.sock.sendall(data)
             except OSError:  # the client went away; drain silently until closed
-                continue
+                pass
+            with self._bytes_lock:
+                self._queued_bytes -= len(data)
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -90,7 +110,10 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         conn = Connection(self.request, f"{self.client_address[0]}:{self.client_address[1]}")
-        self.server.track(conn, True)
+        if not self.server.track(conn, True):
+            conn.send(error_event("too_busy", f"the server already has {MAX_CONNECTIONS} connections"))
+            conn.close()
+            return
         try:
             if self._hello(conn):
                 self._serve(conn)
@@ -100,15 +123,15 @@ class _Handler(socketserver.StreamRequestHandler):
             self.server.track(conn, False)
             conn.close()
 
-    def _read(self) -> dict[str, Any] | None:
+    def _read(self, limit: int = MAX_MESSAGE_BYTES) -> dict[str, Any] | None:
         """The next message; None at end of stream. Raises ProtocolError for a bad line."""
-        line = self.rfile.readline(MAX_MESSAGE_BYTES + 1)
+        line = self.rfile.readline(limit + 1)
         if not line:
             return None
-        if len(line) > MAX_MESSAGE_BYTES and not line.endswith(b"\n"):
+        if len(line) > limit and not line.endswith(b"\n"):
             raise ProtocolError(
                 "too_large",
-                f"message longer than {MAX_MESSAGE_BYTES} bytes",
+                f"message longer than {limit} bytes",
                 hint="the connection is closed: the stream cannot be resynchronised",
             )
         return decode(line.rstrip(b"\r\n"))
@@ -116,18 +139,34 @@ class _Handler(socketserver.StreamRequestHandler):
     def _hello(self, conn: Connection) -> bool:
         """Check the first message; on failure send ``unauthorized`` (or ``too_large``)."""
         self.request.settimeout(HELLO_TIMEOUT_S)
+        # One deadline for the whole hello: a client trickling a byte at a time gets no longer.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            _shut_read(self.request)
+
+        deadline = threading.Timer(HELLO_TIMEOUT_S, expire)
+        deadline.daemon = True
+        deadline.start()
         message: Any = None
         try:
-            message = self._read()
-            if message is None:
+            message = self._read(HELLO_MAX_BYTES)
+            if message is None and not expired.is_set():
                 return False
-            validate_request(message)
-            self.server.check_hello(message)
+            if not expired.is_set():
+                validate_request(message)
+                self.server.check_hello(message)
         except ProtocolError as exc:
-            code = "too_large" if exc.code == "too_large" else "unauthorized"
-            conn.send(error_event(code, exc.message, exc.hint, _request_id(message)))
-            return False
+            if not expired.is_set():  # a line cut short by the deadline is the deadline's fault
+                code = "too_large" if exc.code == "too_large" else "unauthorized"
+                conn.send(error_event(code, exc.message, exc.hint, _request_id(message)))
+                return False
         except TimeoutError:
+            expired.set()
+        finally:
+            deadline.cancel()
+        if expired.is_set():
             conn.send(error_event("unauthorized", f"no hello within {HELLO_TIMEOUT_S:.0f} s"))
             return False
         self.request.settimeout(None)
@@ -150,6 +189,14 @@ class _Handler(socketserver.StreamRequestHandler):
                     return  # the rest of that line would be read as garbage
                 continue
             self.server.dispatch(conn, message)
+
+
+def _shut_read(sock: socket.socket) -> None:
+    """Stop reading ``sock`` (a blocked read returns at once); its replies can still be sent."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
 
 
 def _request_id(message: Any) -> Any:
@@ -198,15 +245,18 @@ class Server(socketserver.ThreadingTCPServer):
         if not hmac.compare_digest(message["token"].encode(), self.token.encode()):
             raise ProtocolError("unauthorized", "wrong token", hint="read the server's token file again")
 
-    def track(self, conn: Connection, open_: bool) -> None:
-        """Register a new connection, or forget a closed one and its subscriptions."""
+    def track(self, conn: Connection, open_: bool) -> bool:
+        """Register a new connection (False: too many already), or forget a closed one and its subscriptions."""
         with self._lock:
             if open_:
+                if len(self._connections) >= MAX_CONNECTIONS:
+                    return False
                 self._connections.add(conn)
-                return
+                return True
             self._connections.discard(conn)
             for conns in self._subscribers.values():
                 conns.discard(conn)
+            return True
 
     def close_connections(self) -> None:
         """Flush every connection's last messages (e.g. shutdown's ok), then break it."""
@@ -311,14 +361,9 @@ def memory_info(device: Any) -> dict[str, Any]:
             "reserved": torch.cuda.memory_reserved(device),
             "total": torch.cuda.get_device_properties(device).total_memory,
         }
-    try:  # Linux: the second field of statm is the resident set in pages
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return {"kind": "process", "rss": pages * os.sysconf("SC_PAGE_SIZE")}
-    except (OSError, ValueError, IndexError):
-        import resource
+    import psutil
 
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB elsewhere
-        return {"kind": "process", "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
+    return {"kind": "process", "rss": psutil.Process().memory_info().rss}
 
 
 def check_host(host: str, allow_remote: bool) -> None:
@@ -363,10 +408,11 @@ def serve(
     model: str | None,
     device: str,
     allow_remote: bool,
+    model_roots: tuple[Path, ...] = (),
 ) -> int:
     """Run the server until a shutdown request or SIGINT/SIGTERM; returns the exit code."""
     check_host(host, allow_remote)
-    from ..diffusion.model_source import DEFAULT_MODEL, check_model_name
+    from ..diffusion.model_source import check_model_name
     from ..util.cache import cache_root
     from ..util.devices import resolve_device
     from .jobs import JobManager  # torch: only once the arguments are known to be sound
@@ -377,16 +423,24 @@ def serve(
     jobs_dir = (jobs_dir or cache_root() / "jobs").expanduser()
     token_file = (token_file or jobs_dir / "server.token").expanduser()
     token = secrets.token_urlsafe(32)
+    lock = JobsFolderLock(jobs_dir)
+    try:
+        lock.acquire()  # before the token and the jobs: a second server must touch neither
+    except OSError as exc:
+        raise UserError(f"cannot use the jobs folder '{jobs_dir}': {exc.strerror or exc}") from exc
     try:
         server = Server((host, port), token, dev)
     except OSError as exc:
+        lock.release()
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     try:
         _log_to(jobs_dir / "server.log")
-        server.manager = JobManager(jobs_dir, server.broadcast, device=dev, model=model)
+        roots = tuple(r.expanduser() for r in model_roots) if allow_remote else None
+        server.manager = JobManager(jobs_dir, server.broadcast, device=dev, model=model, model_roots=roots)
         write_token(token_file, token)
     except OSError as exc:
         server.server_close()
+        lock.release()
         raise UserError(f"cannot use '{exc.filename or jobs_dir}': {exc.strerror or exc}") from exc
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: threading.Thread(target=server.stop, daemon=True).start())
@@ -409,4 +463,60 @@ def serve(
         server.close_connections()
         server.server_close()
         token_file.unlink(missing_ok=True)
+        lock.release()
     return 0
+
+
+DESCRIPTION = (
+    "Serve generate/continue/export jobs over a local TCP socket (JSON lines). "
+    'Prints one JSON line {"event": "listening", ...} when ready.'
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The server's options, for ``sdi-blender serve`` and ``python -m sdi_blender.server`` alike."""
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
+    p.add_argument("--token-file", type=Path, help="where to write the access token (default JOBS_DIR/server.token)")
+    p.add_argument("--jobs-dir", type=Path, help="job folders (default ~/.cache/sdi-blender/jobs)")
+    p.add_argument(
+        "--model",
+        help=f"default model of generate jobs: hub id (default {DEFAULT_MODEL}), local diffusers directory or 'tiny'",
+    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --host (the token is sent in clear text)"
+    )
+    p.add_argument(
+        "--model-root",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="with --allow-remote: a folder whose model folders clients may name (repeatable; "
+        "otherwise remote clients get hub ids and built-in models only)",
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Serve with parsed :func:`add_arguments` options."""
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"port must be between 0 and 65535, got {args.port}")
+    return serve(
+        host=args.host,
+        port=args.port,
+        token_file=args.token_file,
+        jobs_dir=args.jobs_dir,
+        model=args.model,
+        device=args.device,
+        allow_remote=args.allow_remote,
+        model_roots=tuple(args.model_root),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sdi_blender.server``: the server alone, without the CLI's other commands."""
+    parser = argparse.ArgumentParser(prog="python -m sdi_blender.server", description=DESCRIPTION)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run_command(parser.prog, lambda: run_from_args(args))

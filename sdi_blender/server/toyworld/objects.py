@@ -14,6 +14,7 @@ heavy loads; :mod:`~sdi_blender.server.toyworld.render` draws them and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ...errors import UserError
 from ..diffusion.model_source import TOYWORLD
@@ -90,7 +91,18 @@ TOY_OBJECTS: tuple[ToyObject, ...] = (
 )
 TOY_PROMPTS: tuple[str, ...] = tuple(o.prompt for o in TOY_OBJECTS)
 
-TOY_CAMERAS: dict[str, tuple[float, float] | float] = {
+
+class ToyCameras(TypedDict):
+    """The ``CameraConfig`` fields the toy world sets."""
+
+    distance_range: tuple[float, float]
+    fovy_range: tuple[float, float]
+    camera_perturb: float
+    center_perturb: float
+    up_perturb: float
+
+
+TOY_CAMERAS: ToyCameras = {
     "distance_range": (2.0, 2.0),
     "fovy_range": (50.0, 50.0),
     "camera_perturb": 0.0,

@@ -187,7 +187,8 @@ class ToyWorldPrior:
             [math.log(g.end - g.start) for g in self.groups], dtype=torch.float64, device=self.device
         )  # [G]
         sched = DDIMScheduler(**SD_SCHEDULER)
-        self.alphas_cumprod = sched.alphas_cumprod.to(self.device, torch.float32)
+        # ignore: diffusers' __init__ types its exports as the torch-less dummy classes
+        self.alphas_cumprod = sched.alphas_cumprod.to(self.device, torch.float32)  # type: ignore[attr-defined]
 
     image_size = property(lambda self: int(self.pictures.images.shape[-1]))
     latent_size = image_size
@@ -291,6 +292,7 @@ class ToyPredictor:
         if azimuth_deg is None or not opts.view_dependent:
             self.branches = [prior.group_weights(o)[None], uncond[None]]  # each [1 or B, G]
             return
+        assert elevation_deg is not None, "view-dependent prompts need the cameras' elevations too"
         elev, azim = elevation_deg.cpu(), azimuth_deg.cpu()
         if not opts.perp_neg:
             views = direction_index(elev, azim, opts).tolist()

@@ -14,12 +14,13 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from ... import catalog
 from ...errors import UserError
-from ..diffusion.guidance import METHODS
 from ..diffusion.model_source import DEFAULT_MODEL
 from ..diffusion.prior import SpeedConfig
+from ..scene.background import BackgroundConfig
 from ..scene.cameras import CameraConfig
-from ..scene.field import BackgroundConfig, FieldConfig
+from ..scene.field import FieldConfig
 from ..scene.renderer import RendererConfig
 from ..scene.shading import ShadingConfig
 from ..toyworld.objects import TOY_CAMERAS, check_toy_prompt
@@ -28,11 +29,16 @@ from .regularizers import LossWeights
 PAPER_STEPS = 10_000
 """The length of the official run; every schedule is defined in its steps."""
 
+
+def _shared(name: str) -> dict[str, int]:
+    """A preset's steps and resolution, which the add-on shows too (:data:`sdi_blender.catalog.PRESETS`)."""
+    return {"steps": catalog.PRESETS[name].steps, "resolution": catalog.PRESETS[name].resolution}
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # ~30 steps at 64×64, for tests and checking an install (with --model tiny).
     "test": {
-        "steps": 30,
-        "resolution": 64,
+        **_shared("test"),
         "renderer.num_samples_per_ray": 32,
         "field.log2_hashmap_size": 16,
         "preview_every": 10,
@@ -47,8 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # of the official radius 2 at the same spacing); see docs/toy-world.md.
     "toy": {
         "model": "toyworld",
-        "steps": 400,
-        "resolution": 32,
+        **_shared("toy"),
         "renderer.num_samples_per_ray": 32,
         "field.radius": 1.0,
         "field.log2_hashmap_size": 16,
@@ -62,13 +67,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         **{f"cameras.{k}": v for k, v in TOY_CAMERAS.items()},
     },
     # A quick look: a fifth of the paper's steps at half its resolution.
-    "draft": {"steps": 2000, "resolution": 256, "renderer.num_samples_per_ray": 256},
+    "draft": {**_shared("draft"), "renderer.num_samples_per_ray": 256},
     # Half the paper's steps at full resolution: most of the quality in half the time.
-    "standard": {"steps": 5000, "resolution": 512, "renderer.num_samples_per_ray": 512},
+    "standard": {**_shared("standard"), "renderer.num_samples_per_ray": 512},
     # The paper: 10,000 steps at 512×512 with 512 samples per ray.
-    "paper": {"steps": 10_000, "resolution": 512, "renderer.num_samples_per_ray": 512},
+    "paper": {**_shared("paper"), "renderer.num_samples_per_ray": 512},
 }
-DEFAULT_PRESET = "standard"
+DEFAULT_PRESET = catalog.DEFAULT_PRESET
 
 
 @dataclass
@@ -154,8 +159,8 @@ class TrainConfig:
         if not self.prompt.strip():
             raise UserError("the prompt is empty", hint="describe the object to generate")
         check_toy_prompt(self.model, self.prompt, self.negative_prompt)
-        if self.method not in METHODS:
-            raise UserError(f"unknown method '{self.method}'", hint=f"choose one of {', '.join(METHODS)}")
+        if self.method not in catalog.METHODS:
+            raise UserError(f"unknown method '{self.method}'", hint=f"choose one of {', '.join(catalog.METHODS)}")
         if self.steps <= 0:
             raise UserError(f"steps must be positive, got {self.steps}")
         if self.resolution <= 0 or self.resolution % 8:
@@ -192,7 +197,7 @@ def _from_dict(cls: type, data: dict) -> Any:
     kwargs = {}
     for key, value in data.items():
         kind = hints[key]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):  # a nested config's class
             value = _from_dict(kind, value)
         elif typing.get_origin(kind) is tuple:
             value = tuple(value)

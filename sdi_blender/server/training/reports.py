@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
-
 import torch
 
-from ..util.images import grid, to_pil
+from ..util.images import grid, png_bytes
 
 # The terms worth a curve each; the total is drawn on top.
 CURVES = ("total", "guidance", "orient", "sparsity", "opaque", "z_variance", "convex")
@@ -30,10 +28,9 @@ def loss_curve_png(history: list[dict[str, float]]) -> bytes:
         ax.tick_params(labelsize=7)
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    png = png_bytes(fig, dpi=100)
     plt.close(fig)
-    return buf.getvalue()
+    return png
 
 
 def _running_mean(values: list[float], window: int) -> list[float]:
@@ -48,6 +45,4 @@ def _running_mean(values: list[float], window: int) -> list[float]:
 
 def strip_png(views: list[torch.Tensor]) -> bytes:
     """Views ([3, H, W] in [0, 1]) side by side as one PNG."""
-    buf = io.BytesIO()
-    to_pil(grid([views])).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(grid([views]))

@@ -13,16 +13,10 @@ import json
 import shutil
 from pathlib import Path
 
+from ...catalog import CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, PREVIEWS, STATE, TURNTABLE
 from ...errors import UserError
 from ..util.fileio import atomic_write, probe_writable
 
-CONFIG = "config.json"
-STATE = "state.json"
-CHECKPOINT = "checkpoints/last.pt"
-METRICS = "metrics.jsonl"
-PREVIEWS = "previews"
-LOSS_CURVE = "loss_curve.png"
-TURNTABLE = "turntable.png"
 RUN_ENTRIES = (CONFIG, STATE, "checkpoints", METRICS, PREVIEWS, LOSS_CURVE, TURNTABLE)
 """What a run creates (and ``--overwrite`` removes); anything else is left alone."""
 

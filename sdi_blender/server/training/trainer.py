@@ -19,10 +19,8 @@ is skipped and the scale lowered, without stopping the run.
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
-import time
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,20 +30,22 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import UserError
-from ..diffusion.guidance import ScoreDistillation, annealed_timestep
+from ..diffusion.guidance import ScoreDistillation, annealed_timestep, as_method
+from ..diffusion.interface import Prior
 from ..diffusion.prompts import PromptOptions
-from ..scene.cameras import Cameras, sample_cameras, turntable_cameras
-from ..scene.field import EnvironmentBackground, ImplicitVolume
+from ..scene.background import EnvironmentBackground
+from ..scene.cameras import sample_cameras, turntable_cameras
+from ..scene.field import ImplicitVolume
 from ..scene.renderer import VolumeRenderer, as_image, render_views
 from ..scene.shading import pick_shading
-from ..util.devices import resolve_device, to_device
-from ..util.images import to_pil
-from ..util.step_timer import StepTimer, no_stage
+from ..util.devices import resolve_device
+from ..util.images import png_bytes
+from ..util.step_timer import Pace, StepTimer, no_stage
 from . import checkpoint, run_dir
 from . import regularizers as reg
 from .config import TrainConfig, incompatibilities
 from .loss_scaling import make_adam, make_scaler
-from .priors import Prior, load_prior
+from .priors import load_prior
 
 
 class LossDiverged(UserError):
@@ -147,7 +147,7 @@ class Trainer:
         self.timer = timer
         self._stage = timer.stage if timer is not None else no_stage
         self._losses = _LossFetch(self.device)
-        self._run_start: tuple[float, int] | None = None  # (perf_counter, first step) of run()
+        self._pace: Pace | None = None  # elapsed time and ETA of run(), warm-up aside
         torch.manual_seed(config.seed)  # the field's initialisation
         self.field = ImplicitVolume(config.field).to(self.device)
         self.background = EnvironmentBackground(config.background).to(self.device)
@@ -188,7 +188,7 @@ class Trainer:
             self.renderer.update_grid(self.step)
         with stage("render"):
             host_cams = sample_cameras(cfg.cameras, cfg.batch_size, cfg.resolution, cfg.resolution, self.gen_cpu)
-            cams = _cameras_to(host_cams, self.device)
+            cams = host_cams.to(self.device)
             shading = pick_shading(cfg.shading, paper_step, self.gen_cpu)
             out = self.renderer(cams, shading, self.gen_cpu, stratified=True)
         with stage("vae"):
@@ -200,7 +200,7 @@ class Trainer:
             self._time_backward(latents, out.rgb)
         guidance = ScoreDistillation(
             self.prior.predictor(self.embeddings, host_cams.elevation_deg, host_cams.azimuth_deg),
-            cfg.method,
+            as_method(cfg.method),
             guidance_scale=cfg.guidance_scale,
             inversion_guidance_scale=cfg.inversion_guidance_scale,
             inversion_step=cfg.inversion_step,
@@ -224,13 +224,16 @@ class Trainer:
             "convex": reg.convexity_loss(out.normal),
         }
         weights = cfg.losses.at(paper_step)
-        terms["total"] = sum(weights[k] * v for k, v in terms.items())
+        total = sum(weights[k] * v for k, v in terms.items())
+        assert isinstance(total, torch.Tensor)  # not sum()'s start value: there are terms
+        terms["total"] = total
         return t, terms
 
     def _time_backward(self, latents: torch.Tensor, rgb: torch.Tensor) -> None:
         # The backward pass is one call; gradient hooks mark where it enters the VAE (the
         # latents' gradient is ready) and leaves it for the renderer (the render's is).
         timer = self.timer
+        assert timer is not None  # called only with one
 
         def leave_vae(grad: torch.Tensor) -> None:
             timer.end("vae_backward")
@@ -261,12 +264,11 @@ class Trainer:
     def report_progress(self, wait: bool = False) -> None:
         """Check, record and report the loss values that have arrived (all of them if ``wait``)."""
         for step, t, values in self._losses.ready(wait):
-            if not all(map(_finite, values.values())):
-                self._diverged(step, [k for k, v in values.items() if not _finite(v)])
+            if not all(map(math.isfinite, values.values())):
+                self._diverged(step, [k for k, v in values.items() if not math.isfinite(v)])
             self.history.append({"step": step, "t": t, **values})
-            start, first = self._run_start or (time.perf_counter(), step - 1)
-            elapsed = time.perf_counter() - start
-            eta = elapsed / max(step - first, 1) * (self.config.steps - step)
+            pace = self._pace or Pace(step - 1)
+            elapsed, eta = pace.update(step, self.config.steps)
             self.callbacks.on_progress(Progress(step, self.config.steps, t, values, elapsed, eta))
 
     def _diverged(self, step: int, bad: list[str]) -> None:
@@ -283,7 +285,7 @@ class Trainer:
     def run(self, cancel: Callable[[], bool] | None = None) -> RunResult:
         """Train until ``config.steps`` or until ``cancel()`` is true (checked between steps)."""
         cfg = self.config
-        self._run_start = (time.perf_counter(), self.step)
+        self._pace = Pace(self.step)
         run_dir.atomic_write(self.run_path / run_dir.CONFIG, cfg.to_json())
         self._set_state("running")
         while self.step < cfg.steps:
@@ -311,10 +313,7 @@ class Trainer:
 
     def preview(self) -> bytes:
         """PNG of the fixed front view; also saved under ``previews/``."""
-        image = to_pil(self.render_views(1, self.config.preview_size)[0])
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        png = buf.getvalue()
+        png = png_bytes(self.render_views(1, self.config.preview_size)[0])
         run_dir.atomic_write(self.run_path / run_dir.PREVIEWS / f"step_{self.step:06d}.png", png)
         return png
 
@@ -379,15 +378,3 @@ class Trainer:
     def _set_state(self, status: str, message: str = "") -> None:
         self.status = status
         run_dir.write_state(self.run_path, status, self.saved_step, self.config.steps, message)
-
-
-def _cameras_to(cams: Cameras, device: torch.device) -> Cameras:
-    """``cams`` on ``device``, copied without waiting for the GPU's queue (see ``to_device``)."""
-    tensors = {f.name: getattr(cams, f.name) for f in dataclasses.fields(cams)}
-    return dataclasses.replace(
-        cams, **{k: to_device(v, device) for k, v in tensors.items() if isinstance(v, torch.Tensor)}
-    )
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")

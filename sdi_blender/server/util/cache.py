@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from .fileio import staged_folder
 
 
 def cache_root() -> Path:
@@ -29,16 +29,8 @@ def cached_build(name: str, build: Callable[[Path], None], marker: str) -> Path:
 
 def _build_atomically(path: Path, build: Callable[[Path], None], marker: str) -> None:
     """Run ``build`` into ``path``; ``marker`` is a file every build has."""
-    # Build beside the target and rename, so a concurrent or interrupted build never
-    # leaves a half-written model that a later run would trust.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=path.parent))
-    try:
+    # Build beside the target and swap it in, so a concurrent or interrupted build never
+    # leaves a half-written model that a later run would trust. A finished build that a
+    # concurrent builder put there first is kept (we lost the race).
+    with staged_folder(path, keep=lambda target: (target / marker).is_file()) as staging:
         build(staging)
-        try:
-            os.replace(staging, path)
-        except OSError:
-            if not (path / marker).is_file():  # lost a race only if it exists
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

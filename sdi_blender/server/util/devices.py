@@ -7,9 +7,6 @@ from torch import Tensor
 
 from ...errors import UserError
 
-DEVICE_HELP = "auto (CUDA when available, else CPU), cpu, cuda or cuda:N"
-"""What every command's ``--device`` accepts (the CLI's help text)."""
-
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -40,3 +37,14 @@ def to_device(x: Tensor, device: torch.device) -> Tensor:
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp16 on CUDA (the paper's setting); fp32 elsewhere, where fp16 is slow or missing."""
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+_HOST_OOM = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means memory ran out: on the GPU, or on the host (torch's CPU allocator
+    raises a RuntimeError, numpy a MemoryError)."""
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(s in str(exc).lower() for s in _HOST_OOM)

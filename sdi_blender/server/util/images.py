@@ -1,9 +1,10 @@
-"""Image tensors to files: grids, labels and atomic PNG writes."""
+"""Image tensors to files: grids, labels, PNG bytes and atomic image writes."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image, ImageDraw
@@ -11,6 +12,9 @@ from torch import Tensor
 
 from ...errors import UserError
 from .fileio import atomic_write, probe_writable
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
@@ -56,11 +60,22 @@ def check_output_path(path: Path) -> None:
         raise UserError(f"cannot write to '{folder}': {exc.strerror or exc}") from exc
 
 
+def png_bytes(image: Image.Image | Tensor | Figure, format: str = "PNG", dpi: int = 100) -> bytes:
+    """``image`` encoded as PNG (or ``format``, e.g. ``"JPEG"``): a PIL image, a [3, H, W] tensor
+    in [0, 1] (as :func:`to_pil` reads it) or a matplotlib figure (rendered at ``dpi``)."""
+    buf = io.BytesIO()
+    if isinstance(image, Tensor):
+        image = to_pil(image)
+    if isinstance(image, Image.Image):
+        image.save(buf, format=format)
+    else:
+        image.savefig(buf, format=format.lower(), dpi=dpi)
+    return buf.getvalue()
+
+
 def write_image_atomic(image: Image.Image, path: Path) -> None:
     """Encode by the path's suffix and write atomically (no half-written image is ever left)."""
-    buf = io.BytesIO()
-    image.save(buf, format=FORMATS[path.suffix.lower()])
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, png_bytes(image, format=FORMATS[path.suffix.lower()]))
 
 
 def side_by_side(images: list[Image.Image]) -> Image.Image:

@@ -27,6 +27,14 @@ def no_stage(name: str) -> AbstractContextManager[Any]:
     return nullcontext()
 
 
+@contextmanager
+def timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Add the wall-clock seconds the body takes to ``seconds[name]`` (a one-off stage, e.g. of an export)."""
+    start = time.perf_counter()
+    yield
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+
 class StepTimer:
     """Per-step stage durations, recorded without host-device synchronisation.
 
@@ -128,3 +136,28 @@ def summarise(steps: list[dict[str, float]]) -> dict[str, dict[str, float]]:
         "median_ms": {k: statistics.median(p[k] for p in parts) for k in names},
         "mean_ms": {k: statistics.fmean(p[k] for p in parts) for k in names},
     }
+
+
+class Pace:
+    """Elapsed time and an ETA for a run of steps that ignores the warm-up.
+
+    The first steps of a run load kernels, allocate memory and fill caches (on CPU the first
+    step alone can take as long as ten others), so the rate is measured from the end of step
+    ``warmup`` on; until then the ETA uses the rate so far.
+    """
+
+    def __init__(self, first_step: int, warmup: int = 2, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock, self.first, self.warmup = clock, first_step, warmup
+        self.start = clock()
+        self._after_warmup: tuple[float, int] | None = None
+
+    def update(self, step: int, total: int) -> tuple[float, float]:
+        """(elapsed seconds, estimated seconds left) once ``step`` is done."""
+        now = self.clock()
+        if self._after_warmup is None and step - self.first >= self.warmup:
+            self._after_warmup = (now, step)
+        since, done = self._after_warmup or (self.start, self.first)
+        if step <= done:  # the warm-up just ended: no steady step measured yet
+            since, done = self.start, self.first
+        rate = (now - since) / max(step - done, 1)
+        return now - self.start, rate * max(total - step, 0)

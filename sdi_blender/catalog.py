@@ -1,0 +1,82 @@
+"""What the add-on, the CLI and the server must agree on, in one torch-free place.
+
+The run folder's names, the presets (steps, resolution, what each is for), the default and
+built-in models and the methods. The add-on imports this module inside Blender, so it imports
+nothing beyond the standard library; the server's presets
+(:data:`sdi_blender.server.training.config.PRESETS`) take their steps and resolution from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# -- the run folder (one per job; see sdi_blender.server.training.run_dir) ----------------------
+CONFIG = "config.json"
+"""The run's :class:`~sdi_blender.server.training.config.TrainConfig`."""
+STATE = "state.json"
+"""Status and step."""
+CHECKPOINT = "checkpoints/last.pt"
+"""Weights, optimiser and generators (:mod:`sdi_blender.server.training.checkpoint`)."""
+METRICS = "metrics.jsonl"
+"""Loss terms per logged step."""
+PREVIEWS = "previews"
+"""``step_NNNNNN.png`` while training."""
+LOSS_CURVE = "loss_curve.png"
+TURNTABLE = "turntable.png"
+EXPORT_DIR = "export"
+"""Where the textured mesh goes."""
+MESH_STEM = "mesh"
+"""The exported mesh's file name without suffix: ``mesh.glb`` or ``mesh.obj``."""
+EXPORT_FORMATS = ("glb", "obj")
+
+
+def mesh_file(fmt: str = "glb") -> str:
+    """The exported mesh's path inside a run folder, e.g. ``export/mesh.glb``."""
+    return f"{EXPORT_DIR}/{MESH_STEM}.{fmt}"
+
+
+# -- models and methods --------------------------------------------------------------------
+DEFAULT_MODEL = "stabilityai/stable-diffusion-2-1-base"
+"""The paper's model."""
+TINY = "tiny"
+"""Built-in random-weight Stable Diffusion architecture, for plumbing tests (proves nothing)."""
+TOYWORLD = "toyworld"
+"""Built-in exact denoiser of known objects, whose right answer is known."""
+BUILTIN_MODELS = (TINY, TOYWORLD)
+
+METHODS: dict[str, str] = {
+    "sdi": "Noise by DDIM inversion of the render (the paper): sharper",
+    "sds": "Score Distillation Sampling with random noise: the classic baseline",
+}
+"""Score-distillation methods and what each does; the first is the default."""
+DEFAULT_METHOD = "sdi"
+
+DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N"
+"""What ``--device`` accepts, in every command and the server."""
+
+
+# -- presets -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preset:
+    """A named starting point for a run's settings."""
+
+    label: str
+    """What the panel shows."""
+    steps: int
+    resolution: int
+    """Render width and height in pixels."""
+    description: str
+    """One line on what it is for."""
+
+
+PRESETS: dict[str, Preset] = {
+    "draft": Preset("Draft", 2000, 256, "2,000 steps at 256 px: a quick look"),
+    "standard": Preset("Standard", 5000, 512, "5,000 steps at 512 px: most of the quality in half the time"),
+    "paper": Preset("Paper", 10_000, 512, "The paper's 10,000 steps at 512 px"),
+    "test": Preset("Test", 30, 64, "30 steps at 64 px, for checking an install with the tiny model"),
+    "toy": Preset(
+        "Toy world", 400, 32, "400 steps at 32 px with the built-in toy world (model 'toyworld'): a known object"
+    ),
+}
+DEFAULT_PRESET = "standard"
+"""The CLI's and the server's preset when none is given."""
