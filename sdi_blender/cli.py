@@ -9,9 +9,11 @@ exits 130. Nothing is written until a result is complete.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .catalog import DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT_PRESET, DEVICE_HELP, EXPORT_FORMATS, METHODS, PRESETS
@@ -21,11 +23,45 @@ PROG = "sdi-blender"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (not usage + error) and exit code 2."""
+    """argparse, but a usage error is one line (not usage + error) and exit code 2; abbreviated
+    options are not guessed (``--step`` is not ``--steps``), a mistyped one gets the nearest."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+        print(f"{PROG}: error: {message}{self._hint(message)}", file=sys.stderr)
         raise SystemExit(2)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def _hint(self, message: str) -> str:
+        """A next step for an unrecognised argument: the nearest option, or quoting the prompt."""
+        prefix = "unrecognized arguments: "
+        if not message.startswith(prefix):
+            return ""
+        parser = self._command_parser()
+        unknown = message[len(prefix) :].split()
+        for arg in unknown:
+            if arg.startswith("-"):
+                near = difflib.get_close_matches(arg.split("=")[0], list(parser._option_string_actions), n=1)
+                if near:
+                    return f"; did you mean {near[0]}?"
+        if any(not arg.startswith("-") for arg in unknown) and "prompt" in [a.dest for a in parser._actions]:
+            return '; quote a prompt of several words: "a ripe strawberry"'
+        return ""
+
+    def _command_parser(self) -> argparse.ArgumentParser:
+        """The subcommand's parser the arguments named (the whole error is raised up here)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for arg in getattr(self, "_argv", []):
+                    if arg in action.choices:
+                        return action.choices[arg]
+        return self
 
 
 PRESET_HELP = f"quality preset (default {DEFAULT_PRESET}): " + "; ".join(

@@ -127,3 +127,24 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["generate", "x", "--stepz", "5"], "did you mean --steps?"),
+        (["export", "run", "--resolutoin", "64"], "did you mean --resolution?"),
+        (["generate", "a", "red", "apple"], 'quote a prompt of several words: "a ripe strawberry"'),
+    ],
+)
+def test_usage_errors_suggest_the_next_step(argv, hint, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and err.strip().endswith(hint)
+
+
+def test_abbreviated_options_are_not_guessed(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "x", "--step", "5", "--out", "nowhere"])  # --steps abbreviated
+    assert "unrecognized arguments: --step" in capsys.readouterr().err

@@ -31,6 +31,8 @@ def test_export_of_a_tiny_run_writes_a_textured_glb(run):
     info = json.loads((run / "export" / "export.json").read_text())
     assert info["vertices"] > 100 and info["faces"] > 100 and info["texture_size"] == 128
     assert {"threshold", "watertight", "seconds"} <= set(info)
+    stages = ("load", "sample", "threshold", "marching_cubes", "unwrap", "rasterize", "bake", "dilate", "write")
+    assert set(stages) <= set(info["seconds"]) and info["seconds"]["total"] >= sum(info["seconds"][s] for s in stages)
     mesh = trimesh.load(glb, force="mesh")
     assert len(mesh.faces) == info["faces"]
     assert mesh.visual.uv.shape == (len(mesh.vertices), 2)

@@ -29,7 +29,7 @@ def hang_and_report(run, settings, device, progress):
 
 def overtaken(run, settings, device, progress):
     (run / CLAIM).write_text("a newer export's claim")  # what a restarted server's export does
-    progress("commit", 1.0)
+    progress("write", 1.0)
     (run / "swapped").write_text("the stale export got through")
 
 

@@ -65,8 +65,9 @@ def test_decimation_hits_the_face_budget() -> None:
     assert abs(radii(mesh).mean() - R) < 0.02 * R
     assert mesh.volume > 0
     assert (mesh.vertex_normals * mesh.vertices).sum(axis=1).mean() > 0
-    stages = [s for s, _ in progress]
-    assert stages == ["sample", "threshold", "marching_cubes", "decimate", "done"]
+    stages = [s for i, (s, _) in enumerate(progress) if i == 0 or progress[i - 1][0] != s]
+    assert stages == ["sample", "threshold", "marching_cubes", "decimate"]  # no "done" mid-export
+    assert sum(s == "sample" for s, _ in progress) > 2  # the long sampling reports as it goes
     assert [f for _, f in progress] == sorted(f for _, f in progress)
 
 

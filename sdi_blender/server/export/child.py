@@ -141,7 +141,7 @@ def _child(
         current[0] = stage
         if stop.is_set():
             raise _Stop
-        if stage == "commit" and not _still_claimed(run, claim):
+        if stage == "write" and fraction >= 1.0 and not _still_claimed(run, claim):
             raise _Stop  # a newer export of this run started: keep its result, not ours
 
     try:

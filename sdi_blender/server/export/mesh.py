@@ -196,7 +196,7 @@ def build_mesh(
     """Sample → threshold → marching cubes + cleanup → decimation; the mesh and an info dict.
 
     ``progress(stage, fraction)`` is called as each stage starts (``fraction`` of the whole job
-    done) and with ``("done", 1.0)`` at the end. Info keys: ``threshold``, ``threshold_rule``
+    done), and during the density sampling after each chunk. Info keys: ``threshold``, ``threshold_rule``
     (``"user"``, ``"official"`` or ``"otsu"``), ``vertices``, ``faces``, ``watertight``,
     ``components_dropped`` and ``seconds`` (per stage).
     """
@@ -227,7 +227,6 @@ def build_mesh(
             mesh = decimate(mesh, settings.faces)
 
     _ = mesh.vertex_normals  # computed (and cached) from the final faces
-    report("done", 1.0)
     info = {
         "threshold": threshold,
         "threshold_rule": rule,

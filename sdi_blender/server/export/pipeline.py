@@ -96,8 +96,9 @@ def export_run(
     progress = progress or (lambda stage, frac: None)
     dev = resolve_device(device)
     t0 = time.perf_counter()
+    progress("load", 0.0)
     field, config, step, _ = load_field(run, dev)
-    progress("load", 1.0)
+    load_s = time.perf_counter() - t0
     mesh, mesh_info = build_mesh(
         lambda x: field.density(x),
         MeshSettings(
@@ -113,6 +114,7 @@ def export_run(
         np.asarray(mesh.vertices), np.asarray(mesh.faces), _albedo_fn(field, dev), settings.texture_size, progress
     )
     t_write = time.perf_counter()
+    progress("write", 0.95)
     info = {
         "run": str(run),
         "step": step,
@@ -120,11 +122,12 @@ def export_run(
         "settings": asdict(settings),
         **mesh_info,
         **tex_info,
+        # every stage's seconds: loading, the mesh's and the texture's (the write's follow)
+        "seconds": {"load": round(load_s, 3), **mesh_info["seconds"], **tex_info["seconds"]},
         "vertices": int(len(verts)),
         "faces": int(len(faces)),
     }
     files = _write_atomically(run, verts, faces, uvs, image, settings.format, info, t_write, t0, progress)
-    progress("write", 1.0)
     return ExportResult(files, json.loads(files["info"].read_text()))
 
 
@@ -141,7 +144,7 @@ def _write_atomically(
         }
         info["files"] = names
         (staging / "export.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-        progress("commit", 1.0)  # the last word before the swap: raising here keeps the previous export
+        progress("write", 1.0)  # the last word before the swap: raising here keeps the previous export
     return {**{k: target / v for k, v in names.items()}, "info": target / "export.json"}
 
 
