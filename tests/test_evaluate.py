@@ -206,7 +206,9 @@ def test_compare_trains_both_methods_and_reports(tmp_path, model_cache, capsys):
         "--out",
         str(out),
     ]
-    assert main(args) == 0, capsys.readouterr().err
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "1/2: SDS seed 0" in err and "2/2: SDI seed 0" in err  # a header per run
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert [(r["method"], r["seed"]) for r in metrics["runs"]] == [("sds", 0), ("sdi", 0)]
     for method in ("sds", "sdi"):
@@ -214,7 +216,12 @@ def test_compare_trains_both_methods_and_reports(tmp_path, model_cache, capsys):
         assert (config["method"], config["seed"], config["steps"], config["model"]) == (method, 0, 3, "tiny")
     capsys.readouterr()
     assert main(args) == 0  # a second call keeps the finished runs and only evaluates
-    assert capsys.readouterr().err.count("done already, kept") == 2
+    assert capsys.readouterr().err.count("done already with these settings, kept") == 2
+    args[args.index("--steps") + 1] = "4"  # other settings: the runs are trained again, not kept
+    assert main(args) == 0
+    assert "kept" not in capsys.readouterr().err
+    for method in ("sds", "sdi"):
+        assert json.loads((out / f"{method}-seed0" / run_dir.CONFIG).read_text())["steps"] == 4
 
 
 def test_distill2d_compare_feeds_the_same_metrics(tmp_path, model_cache, capsys):

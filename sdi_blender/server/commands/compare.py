@@ -17,6 +17,7 @@ from ..evaluation.clip_metrics import DEFAULT_CLIP
 from ..evaluation.evaluate import evaluate, group_summary
 from ..evaluation.report import check_report_dir, write_report
 from ..training import run_dir
+from ..training.config import TrainConfig, make_config
 from ..training.plan import GenerateRequest
 from ..training.priors import load_prior
 from ..training.trainer import LossDiverged
@@ -53,15 +54,17 @@ def run_compare(req: CompareRequest) -> Path:
     report = req.out / "report"
     check_report_dir(report)  # before hours of training, not after
     runs, prior = [], None
-    for seed in range(req.seeds):
-        for method in METHODS:
-            run = req.out / f"{method}-seed{seed}"
-            runs.append(run)
-            if _complete(run):
-                print(f"{run}: done already, kept", file=sys.stderr)
-                continue
-            prior = prior or load_prior(req.settings.get("model") or DEFAULT_MODEL, device=resolve_device(req.device))
-            _train(req, run, method, seed, prior)
+    plan = [(seed, method) for seed in range(req.seeds) for method in METHODS]
+    for i, (seed, method) in enumerate(plan, start=1):
+        run = req.out / f"{method}-seed{seed}"
+        runs.append(run)
+        header = f"{i}/{len(plan)}: {method.upper()} seed {seed}"
+        if _complete(run) and _same_settings(run, _config(req, method, seed)):
+            print(f"{header}: done already with these settings, kept ({run})", file=sys.stderr)
+            continue
+        print(f"{header} → {run}", file=sys.stderr)
+        prior = prior or load_prior(req.settings.get("model") or DEFAULT_MODEL, device=resolve_device(req.device))
+        _train(req, run, method, seed, prior)
     results = evaluate(runs, req.clip, req.views, req.size, resolve_device(req.device))
     write_report(
         results,
@@ -77,6 +80,20 @@ def run_compare(req: CompareRequest) -> Path:
         },
     )
     return report
+
+
+def _config(req: CompareRequest, method: str, seed: int) -> TrainConfig:
+    """The config a run of this comparison is trained with."""
+    return make_config(req.prompt, req.preset, **{**req.settings, "method": method, "seed": seed})
+
+
+def _same_settings(run: Path, expected: TrainConfig) -> bool:
+    """Whether ``run`` was trained with ``expected``'s settings (a changed --steps reruns it)."""
+    try:
+        saved = TrainConfig.from_json((run / run_dir.CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UserError):
+        return False
+    return saved.to_json() == expected.to_json()
 
 
 def _complete(run: Path) -> bool:
