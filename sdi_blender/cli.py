@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .catalog import DEFAULT_METHOD, DEFAULT_MODEL, DEFAULT_PRESET, DEVICE_HELP, EXPORT_FORMATS, METHODS, PRESETS
+from .catalog import (
+    DEFAULT_METHOD,
+    DEFAULT_MODEL,
+    DEFAULT_PRESET,
+    DEVICE_HELP,
+    EXPORT_FORMATS,
+    METHODS,
+    PRESETS,
+    preset_costs,
+)
 from .errors import UserError, run_command
 
 PROG = "sdi-blender"
@@ -65,7 +74,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 PRESET_HELP = f"quality preset (default {DEFAULT_PRESET}): " + "; ".join(
-    f"{name}: {p.description}" for name, p in PRESETS.items()
+    f"{name}: {p.description} ({preset_costs(name)})" for name, p in PRESETS.items()
 )
 
 

@@ -13,7 +13,7 @@ from .. import catalog
 JOB_KEY = "sdi_job"
 """Custom property holding the job id on an imported object (kept if the add-on is removed)."""
 
-PRESETS = [(name, p.label, p.description) for name, p in catalog.PRESETS.items()]
+PRESETS = [(name, p.label, f"{p.description}. {catalog.preset_costs(name)}") for name, p in catalog.PRESETS.items()]
 """The Quality menu: every preset the server has."""
 TEXTURE_SIZES = [(str(2**k), f"{2**k} px", "") for k in range(8, 14)]
 

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
+import torch
+
+from ... import catalog
 from ..diffusion.interface import Prior
 from ..training import run_dir
+from ..training.config import TrainConfig
 from ..training.plan import GenerateRequest, plan_run
 from ..training.priors import load_prior
 from ..training.trainer import Progress, RunResult, Trainer, TrainerCallbacks
@@ -49,13 +54,31 @@ class _CancelOnInterrupt:
         print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
 
 
+def start_lines(config: TrainConfig, device: torch.device, out: Path, steps: int) -> list[str]:
+    """What a run is and what it will cost, before anything slow starts (and a warning where
+    the cost is hours)."""
+    lines = [
+        f"{config.method.upper()} '{config.prompt}': model {config.model}, preset {config.preset}, "
+        f"{steps} steps at {config.resolution} px on {device} → {out}",
+        "estimated: " + catalog.estimate(config.preset, device.type, config.model, steps),
+    ]
+    if device.type == "cpu" and catalog.model_kind(config.model) == "stable-diffusion":
+        lines.append("warning: Stable Diffusion on a CPU takes many hours; use a GPU (--device cuda) if there is one")
+    return lines
+
+
 def run_generate(req: GenerateRequest, prior: Prior | None = None) -> RunResult:
     """Plan, build and train; prints where the results are. ``prior``: an already loaded model
     (several runs in a row, e.g. ``compare``)."""
     config, resume = plan_run(req)
+    device = prior.device if prior is not None else resolve_device(req.device)
+    steps = config.steps - (run_dir.read_state(req.out).get("step", 0) if resume else 0)
+    for line in start_lines(config, device, req.out, steps):
+        print(line, file=sys.stderr, flush=True)
     # The model loads before the run folder is touched: a missing model leaves nothing behind.
     if prior is None or prior.model_id != config.model:
-        prior = load_prior(config.model, device=resolve_device(req.device))
+        print(f"loading the model {config.model}…", file=sys.stderr, flush=True)
+        prior = load_prior(config.model, device=device)
     if not resume:
         run_dir.prepare_new_run(req.out, req.overwrite)
     trainer = Trainer(config, req.out, prior=prior, resume=resume)

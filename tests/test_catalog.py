@@ -1,0 +1,38 @@
+"""What a run costs, said before it starts: the estimate table, --help, the start line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sdi_blender import catalog
+from sdi_blender.cli import PRESET_HELP
+from sdi_blender.server.commands.generate import start_lines
+from sdi_blender.server.training.config import PRESETS, make_config
+
+
+def test_every_preset_has_a_cost_for_cpu_and_gpu_and_help_shows_it() -> None:
+    assert set(catalog.PRESETS) == set(PRESETS)  # the add-on, the CLI and the server agree
+    for name in catalog.PRESETS:
+        costs = catalog.preset_costs(name)
+        assert costs.startswith("CPU ") and ", GPU " in costs
+        assert costs in PRESET_HELP
+    assert catalog.preset_costs("toy") == "CPU about 88 s, GPU unmeasured"  # 400 × 0.22 s measured
+    assert catalog.preset_costs("standard").startswith("CPU hours")
+
+
+def test_the_start_line_names_the_run_and_its_cost() -> None:
+    config = make_config("an orange box with a blue ball on its front", "toy")
+    first, cost = start_lines(config, torch.device("cpu"), Path("runs/box"), config.steps)
+    assert "model toyworld" in first and "400 steps at 32 px on cpu" in first and "runs/box" in first
+    assert cost.startswith("estimated: about 88 s (0.22 s/step, measured")
+
+
+def test_stable_diffusion_on_a_cpu_is_warned_about() -> None:
+    config = make_config("a ripe strawberry", "draft")
+    lines = start_lines(config, torch.device("cpu"), Path("runs/s"), config.steps)
+    assert lines[1] == "estimated: many hours on a CPU (unmeasured; Stable Diffusion wants a GPU)"
+    assert lines[2].startswith("warning: Stable Diffusion on a CPU takes many hours")
+    gpu = start_lines(config, torch.device("cuda"), Path("runs/s"), config.steps)
+    assert len(gpu) == 2 and "unmeasured for Draft on cuda" in gpu[1]
