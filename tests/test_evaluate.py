@@ -253,3 +253,18 @@ def test_distill2d_compare_feeds_the_same_metrics(tmp_path, model_cache, capsys)
     assert all(0 <= m["clip_iqa"] <= 1 and m["clip_score"] >= 0 for m in metrics["methods"].values())
     err = capsys.readouterr().err
     assert "SDS: CLIP score" in err and "SDI: CLIP score" in err
+
+
+def test_unfinished_runs_are_marked_and_left_out_of_the_means():
+    from sdi_blender.server.evaluation.evaluate import RunEval, group_summary
+
+    def result(seed: int, score: float, status: str = "done", step: int = 10, diverged: str = "") -> RunEval:
+        return RunEval(
+            Path(f"r{seed}"), "p", "sdi", seed, step, [score], [0.5], [0.3], diverged, status=status, total=10
+        )
+
+    runs = [result(0, 30.0), result(1, 10.0, status="cancelled", step=4), result(2, 0.0, diverged="NaN")]
+    (group,) = group_summary(runs)
+    assert group["clip_score"] == 30.0  # only the finished, healthy run
+    assert (group["runs"], group["unfinished"], group["diverged"]) == (3, 1, 1)
+    assert runs[1].summary()["finished"] is False and runs[1].summary()["status"] == "cancelled"

@@ -52,8 +52,17 @@ class RunEval:
     """Why the run counts as diverged; empty when it did not."""
     truth: dict[str, float] = field(default_factory=dict)
     """Toy-world runs only: PSNR and mask IoU of the views against the known object."""
+    status: str = "done"
+    """The run's state: done, or cancelled / interrupted / running / failed (then it is unfinished)."""
+    total: int = 0
+    """The steps the run was asked for."""
     views: list[Tensor] = field(repr=False, default_factory=list)
     history: list[dict[str, float]] = field(repr=False, default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run completed its steps (only finished runs enter the means)."""
+        return self.status == "done"
 
     @property
     def label(self) -> str:
@@ -68,6 +77,9 @@ class RunEval:
             "method": self.method,
             "seed": self.seed,
             "step": self.step,
+            "total": self.total,
+            "status": self.status,
+            "finished": self.finished,
             "diverged": bool(self.diverged),
             "diverged_reason": self.diverged,
             "clip_score": _mean(self.clip_score),
@@ -75,7 +87,13 @@ class RunEval:
             "opacity": _mean(self.opacity),
             **self.truth,
             "views": [
-                {"view": i, "azimuth_deg": 360.0 * i / len(self.views), "clip_score": c, "clip_iqa": q, "opacity": o}
+                {
+                    "view": i,
+                    "azimuth_deg": 360.0 * i / len(self.clip_score),
+                    "clip_score": c,
+                    "clip_iqa": q,
+                    "opacity": o,
+                }
                 for i, (c, q, o) in enumerate(zip(self.clip_score, self.clip_iqa, self.opacity))
             ],
         }
@@ -95,6 +113,8 @@ def evaluate_run(run: Path, judge: ClipJudge, views: int, size: int, device: tor
     truth = run_view_scores(config, outs) if config.model == TOYWORLD else {}
     return RunEval(
         truth=truth,
+        status=str(run_dir.read_state(run).get("status", "done")),
+        total=config.steps,
         run=run,
         prompt=config.prompt,
         method=config.method,
@@ -123,6 +143,8 @@ def _stopped_before_checkpoint(run: Path, views: int, size: int) -> RunEval:
         clip_iqa=nan,
         opacity=nan,
         views=blank,
+        status="failed",
+        total=config.steps,
         diverged="loss became NaN/inf before the first checkpoint",
     )
 
@@ -181,20 +203,23 @@ def _evaluable(run: Path) -> bool:
 
 def group_summary(results: Sequence[RunEval]) -> list[dict[str, Any]]:
     """Per prompt and method: how many runs, the share that diverged, and the means of the
-    others (the paper's comparison over seeds)."""
+    others that finished (the paper's comparison over seeds); cancelled or interrupted runs are
+    counted as unfinished and left out of the means."""
     groups: dict[tuple[str, str], list[RunEval]] = {}
     for r in results:
         groups.setdefault((r.prompt, r.method), []).append(r)
     out = []
     for (prompt, method), members in groups.items():
-        ok = [r for r in members if not r.diverged]
+        ok = [r for r in members if not r.diverged and r.finished]
+        diverged = sum(bool(r.diverged) for r in members)
         out.append(
             {
                 "prompt": prompt,
                 "method": method,
                 "runs": len(members),
-                "diverged": len(members) - len(ok),
-                "diverged_share": 1 - len(ok) / len(members),
+                "diverged": diverged,
+                "diverged_share": diverged / len(members),
+                "unfinished": sum(not r.finished and not r.diverged for r in members),
                 "clip_score": _mean([v for r in ok for v in r.clip_score]),
                 "clip_iqa": _mean([v for r in ok for v in r.clip_iqa]),
                 **{k: _mean([r.truth[k] for r in ok]) for k in (ok[0].truth if ok else {})},
