@@ -37,8 +37,8 @@ def run_command(prog: str, command: Callable[[], int]) -> int:
     except UserError as exc:
         print(f"{prog}: error: {exc.one_line()}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a command may say what it left behind
+        print(f"{prog}: {exc.args[0] if exc.args else 'interrupted; nothing was written'}", file=sys.stderr)
         return 130
 
 

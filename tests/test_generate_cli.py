@@ -134,3 +134,32 @@ def test_bad_resumes(capsys, tmp_path):
     (run / run_dir.CONFIG).write_text(json.dumps(config))
     _bad(capsys, ["generate", "--resume", str(run), "--steps", "1"], "incompatible", tmp_path)
     _bad(capsys, ["generate", "x", "--out", str(run), "--resume", str(run)], "exactly one of")
+
+
+@pytest.mark.parametrize("abort_at_call", [1, 4])
+def test_a_second_ctrl_c_leaves_nothing_or_a_resumable_run(tmp_path: Path, capsys, monkeypatch, abort_at_call):
+    """Abort (the second Ctrl-C) before the first checkpoint: nothing stays, so --out works again;
+    after one: the run stays, marked interrupted, and --resume continues it."""
+    from sdi_blender.server.commands import generate
+
+    calls = [0]
+
+    def cancel(self) -> bool:  # the trainer asks before each step; the user aborts on call N
+        calls[0] += 1
+        if calls[0] == abort_at_call:
+            raise KeyboardInterrupt
+        return False
+
+    monkeypatch.setattr(generate._CancelOnInterrupt, "__call__", cancel)
+    run = tmp_path / "r"
+    assert main(["generate", "a red apple", *SMALL, "--out", str(run)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    monkeypatch.undo()
+    if abort_at_call == 1:
+        assert err.endswith("interrupted before the first checkpoint; nothing was kept")
+        assert not (run / run_dir.CONFIG).exists()
+        assert main(["generate", "a red apple", *SMALL, "--out", str(run)]) == 0  # no --overwrite needed
+    else:
+        assert f"--resume {run}" in err and run_dir.read_state(run)["status"] == "interrupted"
+        assert main(["generate", "--resume", str(run), "--device", "cpu"]) == 0
+        assert run_dir.read_state(run)["status"] == "done"

@@ -54,6 +54,16 @@ class _CancelOnInterrupt:
         print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
 
 
+def _aborted(out: Path, saved_step: int, steps: int, resume: bool) -> str:
+    """Leave ``out`` so that what the message says is true: a new run with no checkpoint yet is
+    removed; one with a checkpoint is left for ``--resume``."""
+    if saved_step == 0 and not resume:
+        run_dir.remove_run(out)
+        return "interrupted before the first checkpoint; nothing was kept"
+    run_dir.write_state(out, "interrupted", saved_step, steps, "aborted with Ctrl-C")
+    return f"interrupted; the run resumes from step {saved_step} with: sdi-blender generate --resume {out}"
+
+
 def start_lines(config: TrainConfig, device: torch.device, out: Path, steps: int) -> list[str]:
     """What a run is and what it will cost, before anything slow starts (and a warning where
     the cost is hours)."""
@@ -86,6 +96,9 @@ def run_generate(req: GenerateRequest, prior: Prior | None = None) -> RunResult:
     try:
         with _CancelOnInterrupt() as cancel:
             result = trainer.run(cancel)
+    except KeyboardInterrupt:  # the second Ctrl-C: abort now
+        bar.bar.close()
+        raise KeyboardInterrupt(_aborted(req.out, trainer.saved_step, config.steps, resume)) from None
     finally:
         bar.bar.close()
     if result.status == "cancelled":

@@ -69,12 +69,18 @@ def prepare_new_run(run: Path, overwrite: bool) -> None:
     check_new_run(run, overwrite)
     run.mkdir(parents=True, exist_ok=True)
     if overwrite:
-        for name in RUN_ENTRIES:
-            target = run / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_run(run)
+
+
+def remove_run(run: Path) -> None:
+    """Remove what a run creates in ``run`` (:data:`RUN_ENTRIES`); anything else stays, and so
+    does the folder unless it ends up empty."""
+    for name in RUN_ENTRIES:
+        target = run / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def check_resumable(run: Path) -> str:
