@@ -23,5 +23,5 @@ def test_no_project_file_refers_outside_the_repository():
 
 def test_the_algorithm_page_exists_and_is_referenced():
     assert (REPO / "docs" / "algorithm.md").is_file()
-    text = (REPO / "sdi_blender" / "server" / "train_config.py").read_text(encoding="utf-8")
+    text = (REPO / "sdi_blender" / "server" / "training" / "config.py").read_text(encoding="utf-8")
     assert "docs/algorithm.md" in text
