@@ -106,3 +106,18 @@ def addon_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     (zip_path,) = dist.glob("sdi_blender-*.zip")
     return zip_path
+
+
+@pytest.fixture(scope="session")
+def toy_scenario(addon_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The toy world through Blender: the panel's generate of the orange box (SDS, toy preset)
+    on a real server, imported and rendered (tests/addon_scenarios.py ``toy_object``). Run once:
+    the add-on test checks what Blender holds, the end-to-end test scores the server's run
+    folder (``run``), so the one toy training serves both."""
+    pytest.importorskip("bpy")
+    from scenario_runner import run_scenario
+
+    work = tmp_path_factory.mktemp("toy-addon")
+    result = run_scenario("toy_object", addon_zip, work)
+    (run,) = [p.parent for p in (work / "jobs").glob("*/config.json")]
+    return {**result, "run": run}

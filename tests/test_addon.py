@@ -8,11 +8,8 @@ one behaviour of it, so the tests fail independently while Blender starts once p
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,42 +22,7 @@ pytest.importorskip("bpy")  # only to skip where bpy is absent; the scenarios im
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUT = REPO / "tests" / "output"  # renders for a person to look at (git-ignored)
-SCENARIO_TIMEOUT_S = 900  # only so that a hung Blender cannot hang the suite
-
-
-def run_scenario(name: str, addon_zip: Path, work: Path, **env: str) -> dict:
-    OUTPUT.mkdir(exist_ok=True)
-    environ = dict(
-        os.environ,
-        BLENDER_USER_RESOURCES=str(work / "blender"),
-        SDI_TEST_OUTPUT=str(OUTPUT),
-        SDI_SERVER_PYTHON=sys.executable,
-        PYTHONPATH=str(REPO / "tests"),
-        **env,
-    )
-    # In a session of its own, so that a hang is ended with the server Blender started.
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "addon_scenarios.py"), name, str(addon_zip), str(work)],
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=SCENARIO_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        raise AssertionError(
-            f"scenario {name} did not end within {SCENARIO_TIMEOUT_S} s:\n{stdout[-3000:]}{stderr[-3000:]}"
-        ) from None
-    lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, stdout[-3000:] + stderr[-3000:]
-    result = json.loads(lines[-1][len("RESULT ") :])
-    result["stdout"] = stdout
-    return result
+from scenario_runner import run_scenario  # noqa: E402
 
 
 def _assert_panels_drew(drawn: dict, *expected: str) -> None:
@@ -344,7 +306,7 @@ def test_the_error_state_draws_in_the_panels_and_preferences(errors: dict) -> No
 # --- the toy world ---------------------------------------------------------------------------
 
 
-def test_toy_world_object_arrives_in_blender_the_right_way_round(addon_zip: Path, tmp_path: Path) -> None:
+def test_toy_world_object_arrives_in_blender_the_right_way_round(toy_scenario: dict) -> None:
     """A toy prompt → the server → Blender's own glTF import: the orange box with its blue
     ball toward Blender's front (−Y), scored on the geometry and colours Blender holds."""
     import numpy as np
@@ -353,7 +315,7 @@ def test_toy_world_object_arrives_in_blender_the_right_way_round(addon_zip: Path
     from sdi_blender.server.evaluation.toy_score import blender_mesh_scores
     from sdi_blender.server.toyworld.objects import TOY_OBJECTS
 
-    r = run_scenario("toy_object", addon_zip, tmp_path)
+    r = toy_scenario
     assert r["generate"] == "FINISHED", r["generate"]
     assert r["generated"]["name"] == TOY_OBJECTS[0].prompt and r["generated"]["image_packed"]
     mesh = trimesh.Trimesh(np.array(r["mesh"]["vertices"]), np.array(r["mesh"]["faces"]), process=False)
