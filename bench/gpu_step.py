@@ -104,7 +104,7 @@ def build_sd21_base(folder: Path, device: str, configs: dict[str, dict] | None =
     from transformers import CLIPTextConfig, CLIPTextModel
     from transformers.utils import logging as transformers_logging
 
-    from sdi_blender.server.diffusion.tiny_model import write_tiny_tokenizer
+    from sdi_blender.server.diffusion.tiny_model import SD_SCHEDULER, write_model_index, write_tiny_tokenizer
 
     for log in (diffusers_logging, transformers_logging):  # no casting notes or progress bars
         log.set_verbosity_error()
@@ -122,28 +122,8 @@ def build_sd21_base(folder: Path, device: str, configs: dict[str, dict] | None =
         )
     for name, model in (("unet", unet), ("vae", vae), ("text_encoder", text)):
         model.to("cpu", torch.float16).save_pretrained(folder / name)
-    DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    ).save_pretrained(folder / "scheduler")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    DDIMScheduler(**SD_SCHEDULER).save_pretrained(folder / "scheduler")
+    write_model_index(folder)
 
 
 # -- timing -----------------------------------------------------------------------------------

@@ -21,19 +21,10 @@ def vaes():
     """The tiny model's VAE architecture, random weights, in fp32 and an fp16 copy."""
     from diffusers import AutoencoderKL
 
+    from sdi_blender.server.diffusion.tiny_model import TINY_VAE
+
     torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.18215,
-    ).eval()
+    vae = AutoencoderKL(**TINY_VAE).eval()
     return vae, copy.deepcopy(vae).half()
 
 

@@ -12,7 +12,6 @@ from typing import Any
 from ... import catalog
 from ...errors import UserError
 from ..diffusion.interface import Prior
-from ..diffusion.model_source import DEFAULT_MODEL
 from ..evaluation.clip_metrics import DEFAULT_CLIP
 from ..evaluation.evaluate import evaluate, group_summary
 from ..evaluation.report import check_report_dir, write_report
@@ -63,7 +62,9 @@ def run_compare(req: CompareRequest) -> Path:
             print(f"{header}: done already with these settings, kept ({run})", file=sys.stderr)
             continue
         print(f"{header} → {run}", file=sys.stderr)
-        prior = prior or load_prior(req.settings.get("model") or DEFAULT_MODEL, device=resolve_device(req.device))
+        prior = prior or load_prior(
+            req.settings.get("model") or catalog.DEFAULT_MODEL, device=resolve_device(req.device)
+        )
         _train(req, run, method, seed, prior)
     results = evaluate(runs, req.clip, req.views, req.size, resolve_device(req.device))
     write_report(
@@ -84,7 +85,12 @@ def run_compare(req: CompareRequest) -> Path:
 
 def _config(req: CompareRequest, method: str, seed: int) -> TrainConfig:
     """The config a run of this comparison is trained with."""
-    return make_config(req.prompt, req.preset, **{**req.settings, "method": method, "seed": seed})
+    return make_config(req.prompt, req.preset, **_settings(req, method, seed))
+
+
+def _settings(req: CompareRequest, method: str, seed: int) -> dict[str, Any]:
+    """The training settings of one run of the comparison."""
+    return {**req.settings, "method": method, "seed": seed}
 
 
 def _same_settings(run: Path, expected: TrainConfig) -> bool:
@@ -102,7 +108,7 @@ def _complete(run: Path) -> bool:
 
 
 def _train(req: CompareRequest, run: Path, method: str, seed: int, prior: Prior) -> None:
-    settings = {**req.settings, "method": method, "seed": seed}
+    settings = _settings(req, method, seed)
     gen = GenerateRequest(
         out=run, prompt=req.prompt, overwrite=True, device=req.device, preset=req.preset, settings=settings
     )

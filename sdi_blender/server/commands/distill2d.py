@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...catalog import DEFAULT_MODEL
 from ...errors import UserError
 from ..diffusion.guidance import METHODS, ScoreDistillation, annealed_timestep, as_method
 from ..diffusion.interface import Prior
-from ..diffusion.model_source import DEFAULT_MODEL
 from ..training.priors import load_prior
 from ..util.console import StepBar
 from ..util.devices import resolve_device

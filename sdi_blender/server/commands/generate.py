@@ -97,7 +97,6 @@ def run_generate(req: GenerateRequest, prior: Prior | None = None) -> RunResult:
         with _CancelOnInterrupt() as cancel:
             result = trainer.run(cancel)
     except KeyboardInterrupt:  # the second Ctrl-C: abort now
-        bar.bar.close()
         raise KeyboardInterrupt(_aborted(req.out, trainer.saved_step, config.steps, resume)) from None
     finally:
         bar.bar.close()

@@ -9,18 +9,9 @@ import os
 import re
 from pathlib import Path
 
-from ...catalog import BUILTIN_MODELS, DEFAULT_MODEL, TINY, TOYWORLD
+from ...catalog import BUILTIN_MODELS, TINY
 from ...errors import UserError
 
-__all__ = [
-    "BUILTIN_MODELS",
-    "DEFAULT_MODEL",
-    "TINY",
-    "TOYWORLD",
-    "check_model_name",
-    "check_remote_model",
-    "resolve_model_source",
-]
 # A Hugging Face repository id: "owner/name", no path-like prefix.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

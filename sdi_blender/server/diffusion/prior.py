@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...catalog import DEFAULT_MODEL
 from ...errors import UserError
 from ..util.devices import default_device, default_dtype, to_device
 from .hub import fetch_model, quiet_hf_logging, unavailable
-from .model_source import DEFAULT_MODEL, resolve_model_source
+from .model_source import resolve_model_source
 from .prompts import PromptOptions, direction_index, guided_noise, perp_neg_mix, view_prompts
 
 logger = logging.getLogger(__name__)

@@ -77,6 +77,38 @@ def write_tiny_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
+TINY_VAE: dict = dict(
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(8, 16, 16, 16),  # four blocks: the same x8 factor as SD
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=1,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=64,
+    scaling_factor=0.18215,
+)
+"""The tiny model's VAE (``AutoencoderKL`` arguments): SD's architecture, ×8, a few channels."""
+
+
+def write_model_index(folder: Path) -> None:
+    """The ``model_index.json`` of a Stable-Diffusion pipeline folder (UNet, VAE, CLIP text
+    encoder and tokenizer, DDIM scheduler; no safety checker)."""
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
 def build_tiny_pipeline(folder: Path) -> None:
     """Write the tiny pipeline to ``folder`` in diffusers' on-disk layout."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -97,18 +129,7 @@ def build_tiny_pipeline(folder: Path) -> None:
         use_linear_projection=True,  # as SD 2.x
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16, 16, 16),  # four blocks: the same x8 factor as SD
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=64,
-        scaling_factor=0.18215,
-    )
+    vae = AutoencoderKL(**TINY_VAE)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=vocab_size,
@@ -129,15 +150,4 @@ def build_tiny_pipeline(folder: Path) -> None:
     vae.save_pretrained(folder / "vae")  # type: ignore[attr-defined]
     text_encoder.save_pretrained(folder / "text_encoder")
     scheduler.save_pretrained(folder / "scheduler")  # type: ignore[attr-defined]
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+    write_model_index(folder)

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...catalog import TINY
 from ..diffusion.hub import fetch_model, quiet_hf_logging, unavailable
-from ..diffusion.model_source import TINY, check_model_name
+from ..diffusion.model_source import check_model_name
 from ..diffusion.tiny_model import TINY_SEED, write_tiny_tokenizer
 from ..util.cache import cached_build
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ...catalog import TOYWORLD
 from ...errors import UserError
-from ..diffusion.model_source import TOYWORLD
 from ..scene.cameras import turntable_cameras
 from ..scene.renderer import VolumeRenderer, as_image, render_views
 from ..training import run_dir

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
+from ...catalog import TOYWORLD
 from ...errors import UserError
-from ..diffusion.model_source import TOYWORLD
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..diffusion.model_source import TOYWORLD
+from ...catalog import TOYWORLD
 from ..diffusion.prompts import OVERHEAD, PromptOptions, direction_index, guided_noise, perp_neg_mix
 from ..diffusion.tiny_model import SD_SCHEDULER
 from ..scene.cameras import CameraConfig

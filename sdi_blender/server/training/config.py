@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ... import catalog
+from ...catalog import DEFAULT_MODEL
 from ...errors import UserError
-from ..diffusion.model_source import DEFAULT_MODEL
 from ..diffusion.prior import SpeedConfig
 from ..scene.background import BackgroundConfig
 from ..scene.cameras import CameraConfig

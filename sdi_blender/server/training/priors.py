@@ -10,7 +10,7 @@ from ..diffusion.interface import Prior
 
 def load_prior(model: str, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Prior:
     """The prior ``model`` names: ``toyworld``, or any Stable-Diffusion-family model."""
-    from ..diffusion.model_source import TOYWORLD
+    from ...catalog import TOYWORLD
 
     if model == TOYWORLD:
         from ..toyworld.prior import ToyWorldPrior
