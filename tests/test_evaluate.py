@@ -76,6 +76,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def _eval_options(out: Path) -> list[str]:
+    """The tiny CLIP, two small views on the CPU, results in ``out``."""
+    return ["--clip", "tiny", "--views", "2", "--size", str(SIZE), "--device", "cpu", "--out", str(out)]
+
+
 def test_divergence_is_detected_on_synthetic_runs(runs, model_cache):
     results = {r.run.name: r for r in evaluate(list(runs.values()), "tiny", VIEWS, SIZE, "cpu")}
     assert results["ball"].diverged == ""
@@ -141,16 +146,7 @@ def test_eval_command_writes_the_report(runs, tmp_path, model_cache, capsys):
             [
                 "eval",
                 str(runs["ball"]),
-                "--clip",
-                "tiny",
-                "--views",
-                "2",
-                "--size",
-                str(SIZE),
-                "--device",
-                "cpu",
-                "--out",
-                str(out),
+                *_eval_options(out),
             ]
         )
         == 0
@@ -195,16 +191,7 @@ def test_compare_trains_both_methods_and_reports(tmp_path, model_cache, capsys):
         "3",
         "--model",
         "tiny",
-        "--clip",
-        "tiny",
-        "--views",
-        "2",
-        "--size",
-        str(SIZE),
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
+        *_eval_options(out),
     ]
     assert main(args) == 0
     err = capsys.readouterr().err
