@@ -5,8 +5,12 @@ Torch-free, so the CLI and the Blender add-on can raise and catch them cheaply.
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -40,6 +44,22 @@ def run_command(prog: str, command: Callable[[], int]) -> int:
     except KeyboardInterrupt as exc:  # a command may say what it left behind
         print(f"{prog}: {exc.args[0] if exc.args else 'interrupted; nothing was written'}", file=sys.stderr)
         return 130
+
+
+def program(name: str) -> str:
+    """How to type ``name``, a console script of this environment, so that a hint runs as written.
+
+    The bare name where PATH finds this environment's copy (an activated venv); else its
+    path (relative when it lies below the working directory: ``.venv/bin/sdi-blender``).
+    """
+    here = Path(sys.executable).with_name(name)
+    if not here.exists():
+        return name
+    found = shutil.which(name)
+    if found and Path(found).resolve() == here.resolve():
+        return name
+    rel = os.path.relpath(here, Path.cwd()) if here.is_absolute() else str(here)
+    return shlex.quote(rel if not rel.startswith("..") else str(here))
 
 
 class ModelUnavailable(UserError):

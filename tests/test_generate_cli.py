@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from sdi_blender.cli import main
+from sdi_blender.errors import program
 from sdi_blender.server.training import run_dir
 
 SMALL = [
@@ -167,6 +169,8 @@ def test_a_second_ctrl_c_leaves_nothing_or_a_resumable_run(tmp_path: Path, capsy
         assert not (run / run_dir.CONFIG).exists()
         assert main(["generate", "a red apple", *SMALL, "--out", str(run)]) == 0  # no --overwrite needed
     else:
-        assert f"--resume {run}" in err and run_dir.read_state(run)["status"] == "interrupted"
-        assert main(["generate", "--resume", str(run), "--device", "cpu"]) == 0
+        assert run_dir.read_state(run)["status"] == "interrupted"
+        command = shlex.split(err.split(" with: ", 1)[1])  # the hint, run as written
+        assert command[0] == program("sdi-blender") and command[1:] == ["generate", "--resume", str(run)]
+        assert main([*command[1:], "--device", "cpu"]) == 0
         assert run_dir.read_state(run)["status"] == "done"

@@ -45,3 +45,22 @@ def test_ci_runs_the_test_command_verbatim():
         assert check in test_cmd
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert test_cmd in ci
+
+
+def _readme_command_lines() -> list[str]:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S)
+    return [line for block in blocks for line in block.splitlines() if "sdi-blender " in line]
+
+
+def test_every_readme_command_runs_as_written():
+    """Each sdi-blender line names the venv's program (no activation assumed) and parses."""
+    lines = _readme_command_lines()
+    assert len(lines) > 10
+    for line in lines:
+        for part in line.split(" && "):
+            argv = shlex.split(part, comments=True)
+            if not argv or argv[0] != ".venv/bin/sdi-blender":
+                assert "sdi-blender" not in argv[:1], line
+                continue
+            build_parser().parse_args(argv[1:])  # a usage error raises SystemExit

@@ -6,6 +6,7 @@ resume from; a second Ctrl-C aborts at once.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ... import catalog
+from ...errors import program
 from ..diffusion.interface import Prior
 from ..training import run_dir
 from ..training.config import TrainConfig
@@ -61,7 +63,12 @@ def _aborted(out: Path, saved_step: int, steps: int, resume: bool) -> str:
         run_dir.remove_run(out)
         return "interrupted before the first checkpoint; nothing was kept"
     run_dir.write_state(out, "interrupted", saved_step, steps, "aborted with Ctrl-C")
-    return f"interrupted; the run resumes from step {saved_step} with: sdi-blender generate --resume {out}"
+    return f"interrupted; the run resumes from step {saved_step} with: {resume_command(out)}"
+
+
+def resume_command(out: Path) -> str:
+    """The command line, runnable as written, that continues the run in ``out``."""
+    return f"{program('sdi-blender')} generate --resume {shlex.quote(str(out))}"
 
 
 def start_lines(config: TrainConfig, device: torch.device, out: Path, steps: int) -> list[str]:
@@ -101,9 +108,7 @@ def run_generate(req: GenerateRequest, prior: Prior | None = None) -> RunResult:
     finally:
         bar.bar.close()
     if result.status == "cancelled":
-        print(
-            f"cancelled at step {result.step}; continue with: sdi-blender generate --resume {req.out}", file=sys.stderr
-        )
+        print(f"cancelled at step {result.step}; continue with: {resume_command(req.out)}", file=sys.stderr)
     else:
         print(f"done: {result.step} steps in {req.out} (turntable.png, loss_curve.png, checkpoints/)", file=sys.stderr)
     return result

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ...errors import UserError
+from ...errors import UserError, program
 from ..scene.background import EnvironmentBackground
 from ..scene.field import ImplicitVolume
 from ..scene.renderer import VolumeRenderer
@@ -74,7 +74,9 @@ def load_into(module: nn.Module, tensors: Any, path: Path, what: str) -> None:
 def read_run(run: Path) -> tuple[TrainConfig, dict[str, Any]]:
     """A run folder's config and checkpoint, for export and evaluation."""
     if not (run / run_dir.CONFIG).is_file() or not (run / run_dir.CHECKPOINT).is_file():
-        raise UserError(f"'{run}' has no checkpoint", hint="run sdi-blender generate first, or check the folder")
+        raise UserError(
+            f"'{run}' has no checkpoint", hint=f"run {program('sdi-blender')} generate first, or check the folder"
+        )
     config = TrainConfig.from_json((run / run_dir.CONFIG).read_text(encoding="utf-8"))
     return config, read(run / run_dir.CHECKPOINT)
 
