@@ -1,4 +1,4 @@
-"""The benchmarks' code paths on CPU: gpu_step.py without CUDA and as a dry run, the
+"""The benchmarks' code paths on CPU: gpu_step.py without CUDA and as a smoke run, the
 SD 2.1-base architecture it builds, and cpu_step.py's reference hash grid."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
         [sys.executable, str(BENCH / "gpu_step.py"), *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,  # the smoke run takes minutes on a loaded 2-core machine
         env={**os.environ, **env},
     )
 
@@ -35,12 +35,12 @@ def test_gpu_bench_without_cuda_says_so_in_one_line_and_exits_0(model_cache):
 
 
 @pytest.mark.e2e
-def test_gpu_bench_dry_run_on_cpu_exercises_every_part(model_cache, tmp_path):
+def test_gpu_bench_smoke_run_on_cpu_exercises_every_part(model_cache, tmp_path):
     out = tmp_path / "dry.json"
-    proc = _run(["--dry-run-cpu", "--out", str(out)], CUDA_VISIBLE_DEVICES="")
+    proc = _run(["--smoke", "--out", str(out)], CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["dry_run"] and result["preset"] == "test"
+    assert result["smoke"] and result["preset"] == "test"
     assert set(result["bare"]["unet_ms_best"]) == {"4", "2"} and result["bare"]["vae_fwd_bwd_ms_best"] > 0
     rows = {r["name"]: r for r in result["rows"]}
     assert set(rows) == {
@@ -51,6 +51,7 @@ def test_gpu_bench_dry_run_on_cpu_exercises_every_part(model_cache, tmp_path):
         "sdi-perpneg-compiled",
         "sdi-perpneg-channels-first",
         "sdi-perpneg-vae-checkpointing",
+        "sdi-perpneg-torch-grid",
     }
     for row in rows.values():
         assert "error" not in row, row
@@ -58,12 +59,44 @@ def test_gpu_bench_dry_run_on_cpu_exercises_every_part(model_cache, tmp_path):
         assert set(row["mean_ms"]) == {"render", "vae", "inversion", "prediction", "update", "other", "step"}
     assert rows["sds"]["unet_calls_mean"] == 1 and rows["sdi"]["unet_calls_mean"] > 1
     assert rows["sdi-perpneg-vae-checkpointing"]["speed"]["vae_checkpointing"] is True
+    assert rows["sdi-perpneg-torch-grid"]["hash_kernel"] == "torch" and rows["sdi"]["hash_kernel"] == "auto"
+    for name in ("sdi", "sdi-perpneg", "sds", "sds-perpneg"):  # the headline figures, at the top
+        assert result[name]["ratio_to_bound"] == rows[name]["step_over_bound"]
+        assert result[name]["minutes_per_10k"] == rows[name]["minutes_per_10k_steps"]
+        assert result[name]["peak_vram_gb"] is None  # no GPU memory on a CPU
+    grid = {r["name"]: r for r in result["hash_grid"]}
+    assert set(grid["hash-torch"]["ms"]) == {"forward_backward", "with_normals"}
+    assert grid["hash-triton"]["skipped"].startswith("triton does not run on cpu")
+    lines = proc.stdout.splitlines()  # one summary line per row
+    assert all(sum(line.startswith(name + " ") for line in lines) == 1 for name in [*rows, *grid])
+
+
+def test_the_headline_figures_convert_to_gb_and_a_failed_row_is_none():
+    from gpu_step import headline
+
+    row = {"name": "sdi", "step_over_bound": 1.25, "minutes_per_10k_steps": 12.0, "peak_reserved_gib": 15.0}
+    out = headline([row, {"name": "sds", "error": "OutOfMemoryError: ..."}])
+    assert out["sdi"] == {
+        "ratio_to_bound": 1.25,
+        "peak_vram_gb": pytest.approx(16.106, abs=1e-3),
+        "minutes_per_10k": 12.0,
+    }
+    assert out["sds"] is None and out["sds-perpneg"] is None
+
+
+def test_the_hash_grid_rows_time_the_torch_grid_and_skip_triton_off_cuda():
+    from bare_calls import time_ms
+    from hash_rows import hash_rows
+
+    rows = {r["name"]: r for r in hash_rows(torch.device("cpu"), 256, 1, time_ms)}
+    assert rows["hash-torch"]["points"] == 256 and all(ms > 0 for ms in rows["hash-torch"]["ms"].values())
+    assert "error" not in rows["hash-torch"] and "skipped" in rows["hash-triton"]
 
 
 def test_the_benchmark_model_has_sd21_base_parameter_counts():
     """The configs give exactly SD 2.1-base's parameter counts (built on the meta device)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from gpu_step import sd21_base_configs
+    from sd21_random import sd21_base_configs
     from transformers import CLIPTextConfig, CLIPTextModel
 
     cfg = sd21_base_configs()
@@ -110,7 +143,7 @@ def test_cpu_bench_reference_grid_matches_the_encoding():
 
 def test_the_benchmark_model_folder_loads_through_the_product_path(model_cache, tmp_path):
     """build_sd21_base's folder (here with miniature configs) loads as a StableDiffusionPrior."""
-    from gpu_step import build_sd21_base, sd21_base_configs
+    from sd21_random import build_sd21_base, sd21_base_configs
 
     from sdi_blender.server.diffusion.prior import StableDiffusionPrior
 

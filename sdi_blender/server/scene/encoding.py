@@ -2,16 +2,22 @@
 torch (CPU and CUDA), with the progressive unlocking of levels that the official config uses
 ("ProgressiveBandHashGrid"), and the autograd functions that give it analytic normals.
 
-Any module satisfying :class:`Encoding` can replace it in the field (e.g. a fused GPU kernel).
+On CUDA the interpolation runs as fused Triton kernels (:mod:`.hash_triton`) when triton is
+installed; ``kernel`` forces either path. Any module satisfying :class:`Encoding` can replace
+the whole encoding in the field.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+
+from ...errors import UserError
 
 # Instant-NGP §3: spatial hash h(x) = (⊕_i x_i·π_i) mod T with π = (1, 2654435761, 805459861).
 _PRIMES = (1, 2654435761, 805459861)
@@ -20,6 +26,23 @@ _PRIMES = (1, 2654435761, 805459861)
 # allocator recycles their memory instead of page-faulting fresh blocks (measured 15-30%);
 # much smaller ones cost more in per-operation overhead.
 _CHUNK = {"cpu": 2**18, "cuda": 2**22}
+KERNELS = ("auto", "torch", "triton")
+"""Hash-grid implementations: auto (Triton on CUDA when triton is installed, else torch)."""
+
+
+@functools.cache
+def _triton_imports() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Whether the Triton kernels can run on ``device``: CUDA, or any device in Triton's
+    interpreter (``TRITON_INTERPRET=1``, the CPU tests), with triton importable."""
+    return (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1") and _triton_imports()
 
 
 @runtime_checkable
@@ -43,7 +66,8 @@ class HashGridEncoding(nn.Module):
     coarse levels whose grid fits are indexed densely, finer ones through the spatial hash.
     A point's feature per level is the trilinear interpolation of its voxel's 8 corners.
     Levels ``>= active_levels`` output zeros (they are unlocked one every ``update_steps``
-    steps after ``start_step``, starting from ``start_level``).
+    steps after ``start_step``, starting from ``start_level``). ``kernel`` (:data:`KERNELS`)
+    picks the interpolation's implementation; both give the same values and gradients.
     """
 
     # Buffers registered in __init__ (declared for the type checker).
@@ -63,8 +87,12 @@ class HashGridEncoding(nn.Module):
         start_level: int = 8,
         start_step: int = 2000,
         update_steps: int = 500,
+        kernel: str = "auto",
     ) -> None:
         super().__init__()
+        if kernel not in KERNELS:
+            raise UserError(f"unknown hash-grid kernel '{kernel}'", hint=f"choose one of {', '.join(KERNELS)}")
+        self.kernel = kernel
         self.n_levels, self.n_features = n_levels, n_features_per_level
         self.start_level, self.start_step, self.update_steps = start_level, start_step, update_steps
         self.n_output_dims = n_levels * n_features_per_level
@@ -100,6 +128,18 @@ class HashGridEncoding(nn.Module):
         start = int(self.offset[level])
         return self.params[:, start : start + int(self.table_size[level])].T
 
+    def uses_triton(self, device: torch.device) -> bool:
+        """Whether :meth:`forward` runs the Triton kernels for points on ``device``."""
+        if self.kernel == "torch":
+            return False
+        if self.kernel == "auto":
+            return device.type == "cuda" and _triton_imports()
+        if not triton_runs_on(device):
+            raise UserError(
+                "the Triton hash-grid kernel needs triton and a CUDA device", hint="use the 'auto' or 'torch' kernel"
+            )
+        return True
+
     def forward(self, x01: Tensor) -> Tensor:
         """Features ``[N, n_levels · F]`` of points ``[N, 3]`` in ``[0, 1]`` (level-major)."""
         n, levels = x01.shape[0], max(0, min(self.active_levels, self.n_levels))
@@ -107,10 +147,23 @@ class HashGridEncoding(nn.Module):
             return x01.new_zeros(n, self.n_output_dims)
         # Locked levels are exactly zero, so they are not evaluated at all (same values and
         # gradients as multiplying them by a 0/1 mask, at a fraction of the cost).
+        x = x01.to(self.params.dtype)
+        if self.uses_triton(x.device):
+            from .hash_triton import interpolate
+
+            out = interpolate(self, x, levels)  # [N, L·F]
+        else:
+            out = self._interpolate_torch(x, levels).permute(2, 1, 0).reshape(n, -1)
+        if levels < self.n_levels:
+            out = torch.cat([out, out.new_zeros(n, (self.n_levels - levels) * self.n_features)], 1)
+        return out
+
+    def _interpolate_torch(self, x: Tensor, levels: int) -> Tensor:
+        """Features ``[F, L, N]`` of the first ``levels`` levels at points ``x [N, 3]``."""
         # Layout: points are the last (contiguous) dimension of every tensor, so the
         # element-wise work vectorises; axes, corners, features and levels come first.
         res = self.resolution[:levels, None]  # [L, 1]
-        pos = x01.to(self.params.dtype).T[:, None, :] * res  # [3, L, N]
+        pos = x.T[:, None, :] * res  # [3, L, N]
         # Voxel corner below the point; points at 1.0 use the last voxel with fraction 1.
         cell = torch.minimum(pos.detach().floor().clamp_(min=0).long(), res - 1)
         frac = pos - cell  # [3, L, N]
@@ -118,10 +171,7 @@ class HashGridEncoding(nn.Module):
         out, jac = _HashInterpolation.apply(self.params, cell, frac.detach(), self.corner_index, with_jac)
         if with_jac:
             out = _AttachJacobian.apply(out, jac, frac)
-        out = out.permute(2, 1, 0)  # [N, L, F]
-        if levels < self.n_levels:
-            out = torch.cat([out, out.new_zeros(n, self.n_levels - levels, self.n_features)], 1)
-        return out.reshape(n, self.n_output_dims)
+        return out
 
     def corner_index(self, cell: Tensor) -> Tensor:
         """Table columns ``[2(z), 2(y), 2(x), L, N]`` of the corners of voxels ``cell [3, L, N]``.
@@ -242,7 +292,9 @@ def _lerp3_adjoint(g_out: Tensor, g_jac: Tensor | None, t: Tensor) -> Tensor:
 
 
 class _AttachJacobian(torch.autograd.Function):
-    """``out`` as a function of ``t`` with derivative ``jac``: value ``out``, ``∂/∂t = jac``.
+    """``out [K, ...]`` as a function of ``t [3, ...]`` with derivative ``jac [3, K, ...]``:
+    value ``out``, ``∂/∂t = Σ_k g_k · jac_k`` (torch path: ``K = F`` over ``t [3, L, N]``;
+    Triton path: ``K = L·F`` over the positions ``[3, N]``).
 
     The backward pass is plain (differentiable) torch, so ``autograd.grad(...,
     create_graph=True)`` w.r.t. positions yields ``Σ_f g_f · jac_f``, which backpropagates into

@@ -65,7 +65,10 @@ class FieldOutput:
 class ImplicitVolume(nn.Module):
     """Density and albedo from a shared encoding of the normalised position."""
 
-    def __init__(self, config: FieldConfig | None = None, encoding: Encoding | None = None) -> None:
+    def __init__(
+        self, config: FieldConfig | None = None, encoding: Encoding | None = None, hash_kernel: str = "auto"
+    ) -> None:
+        """``hash_kernel`` picks the default hash grid's implementation (:data:`.encoding.KERNELS`)."""
         super().__init__()
         self.config = c = config or FieldConfig()
         self.encoding = (
@@ -80,6 +83,7 @@ class ImplicitVolume(nn.Module):
                 c.start_level,
                 c.start_step,
                 c.update_steps,
+                hash_kernel,
             )
         )
         n_enc = self.encoding.n_output_dims

@@ -44,6 +44,11 @@ class RendererConfig:
     ``√3·2r / num_samples_per_ray`` along the ray (the occupancy grid)."""
     chunk_rays: int = 8192
     """Rays rendered at once; bounds the memory of one render."""
+    min_chunk_rays: int = 1024
+    """Out of memory in a training step, the trainer halves ``chunk_rays`` down to this first
+    (:func:`lower_memory`)."""
+    min_samples_per_ray: int = 64
+    """... and then ``num_samples_per_ray`` down to this, before it gives up."""
     occupancy_grid: bool = True
     """Use nerfacc's occupancy-grid estimator on CUDA (ignored on other devices)."""
     grid_resolution: int = 32
@@ -57,6 +62,9 @@ class RendererConfig:
     (nerfacc caps it at the grid's mean occupancy)."""
     early_stop_eps: float = 1e-4
     """Grid sampler: a ray's samples end once its transmittance falls below this."""
+    hash_kernel: str = "auto"
+    """The field's hash-grid implementation: auto (fused Triton kernels on CUDA when triton
+    imports, else plain torch), torch or triton (:mod:`.hash_triton`)."""
 
 
 @dataclass
@@ -75,6 +83,18 @@ class RenderOutput:
     """World normals as (n + 1)/2 · opacity, for display and the convexity loss."""
     orient: Tensor
     """Σ wᵢ.detach() · max(0, nᵢ·d)², DreamFusion's orientation penalty per ray."""
+
+
+def lower_memory(config: RendererConfig) -> str | None:
+    """Halve the render chunk, or once it is at its floor the samples per ray (never below
+    their floors); says what changed, or returns None when both are at their floors."""
+    for name, floor in (("chunk_rays", config.min_chunk_rays), ("num_samples_per_ray", config.min_samples_per_ray)):
+        old = getattr(config, name)
+        if old > floor:
+            setattr(config, name, max(floor, old // 2))
+            what = "render chunk" if name == "chunk_rays" else "samples per ray"
+            return f"{what} {old} → {getattr(config, name)}"
+    return None
 
 
 def ray_box_interval(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tensor, Tensor]:
@@ -116,6 +136,7 @@ class VolumeRenderer(nn.Module):
         self.config = config or RendererConfig()
         self.shading = shading or ShadingConfig()
         self.estimator: nerfacc.OccGridEstimator | None = None
+        self._grid_step: int | None = None  # the last step update_grid saw
         if self.config.occupancy_grid:
             r = radius
             self.estimator = nerfacc.OccGridEstimator(
@@ -132,9 +153,13 @@ class VolumeRenderer(nn.Module):
 
     @torch.no_grad()
     def update_grid(self, step: int) -> None:
-        """Refresh the occupancy grid from the field's density (call once per training step)."""
+        """Refresh the occupancy grid from the field's density (call once per training step;
+        a step that is retried, e.g. after running out of memory, updates it only once)."""
         if self.estimator is None or not self.uses_grid(next(self.field.parameters()).device):
             return
+        if step == self._grid_step:
+            return
+        self._grid_step = step
         self.estimator.train()
         self.estimator.update_every_n_steps(
             step,
