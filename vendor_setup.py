@@ -9,8 +9,12 @@ build where an NVIDIA GPU is found, else a local CPU wheel if pip's find-links
 offer one), then this package editable with the dependencies from
 pyproject.toml (plus the ``dev`` extra with --dev). SDI_TORCH_SPEC=<requirement>
 overrides the torch choice. A second run with the same inputs only checks a
-stamp file. Then it writes the Blender add-on zip and, where it finds a Blender
-(--blender; without it, only the plain set-up looks: $BLENDER, PATH, the
+stamp file. --dev also makes sure of /usr/bin/chromium, which the report
+screenshot test drives: where it is missing, apt-get exists and we are root, it
+runs ``apt-get install -y chromium``; otherwise, or when that fails, a warning
+says so and the test skips (SDI_SKIP_CHROMIUM=1 leaves Chromium alone).
+Then it writes the Blender add-on zip and, where it finds a Blender (--blender;
+without it, only the plain set-up looks: $BLENDER, PATH, the
 usual install places), installs the add-on there with the venv's Python in its
 preferences.
 
@@ -33,7 +37,7 @@ import sys
 import zipfile
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -51,6 +55,9 @@ PYINFO_CODE = (
     "'platform': sys.platform, 'machine': platform.machine()}))"
 )
 IMPORT_CHECK_CODE = "import importlib.util, sdi_blender; assert importlib.util.find_spec('torch')"
+CHROMIUM = Path("/usr/bin/chromium")
+# apt-get's words when its package lists are missing or stale: then an update may help.
+APT_NEEDS_UPDATE = ("Unable to locate package", "has no installation candidate", "apt-get update")
 
 
 class SetupError(Exception):
@@ -345,6 +352,53 @@ def install_into_blender(blender: str, zip_path: Path, server_python: Optional[P
     step("the add-on is installed and enabled in Blender {}{}".format(blender, where))
 
 
+def warn(message: str) -> None:
+    """A problem that does not stop the set-up, as one line on stderr."""
+    print("warning: {}".format(message), file=sys.stderr, flush=True)
+
+
+def run_apt(args: Sequence[str]) -> Tuple[int, str]:
+    """Run an apt-get command quietly and non-interactively: (exit code, its output)."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        proc = subprocess.run(
+            list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True
+        )
+    except OSError as exc:
+        return 1, str(exc)
+    return proc.returncode, proc.stdout
+
+
+def ensure_chromium(
+    present: bool, apt_get: Optional[str], root: bool, run: Callable[[Sequence[str]], Tuple[int, str]] = run_apt
+) -> bool:
+    """Install Chromium with apt-get where it is missing and we may (see the module docstring).
+
+    Returns whether it is there afterwards; every failure is a warning, never a SetupError.
+    """
+    skip = "the report screenshot test will skip"
+    if present:
+        return True
+    if apt_get is None:
+        warn("no {} and no apt-get: install Chromium by hand, or {}".format(CHROMIUM, skip))
+        return False
+    if not root:
+        warn("no {}: run 'sudo apt-get install chromium' (set-up does only as root), or {}".format(CHROMIUM, skip))
+        return False
+    step("installing Chromium for the report screenshot test: apt-get install -y chromium")
+    install = [apt_get, "install", "-y", "-q", "chromium"]
+    code, output = run(install)
+    if code != 0 and any(words in output for words in APT_NEEDS_UPDATE):
+        step("the package lists are missing or stale: apt-get update, then again")
+        run([apt_get, "update", "-q"])
+        code, output = run(install)
+    if code != 0:
+        last = (output.strip().splitlines() or ["exit code {}".format(code)])[-1]
+        warn("apt-get could not install Chromium ({}); {}".format(last.strip(), skip))
+        return False
+    return True
+
+
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = UsageParser(prog="vendor_setup.py", description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -405,6 +459,9 @@ def main(argv: Optional[Sequence[str]] = None, version_info: Sequence[int] = sys
         blender = locate_blender(args.blender) if look else None
         if not args.build_addon:
             setup(venv, args.dev, os.environ)
+        if args.dev and not args.build_addon and os.environ.get("SDI_SKIP_CHROMIUM") != "1":
+            root = hasattr(os, "geteuid") and os.geteuid() == 0
+            ensure_chromium(CHROMIUM.is_file(), shutil.which("apt-get"), root)
         zip_path = build_addon(args.dist.absolute())
         if blender:
             python = venv_python(venv)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,14 @@ def test_eval_command_writes_the_report(runs, tmp_path, model_cache, capsys):
             str(out),
         ]
     )
-    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 0, err
+    # A bar per run, redrawn after every view; the run that failed before a checkpoint renders none.
+    bars = re.split(r"(?=eval run \d/3 )", err)
+    for k, run in enumerate(picked, start=1):
+        shown = "".join(b for b in bars if b.startswith(f"eval run {k}/3 {run.name}: "))
+        views = [i for i in range(VIEWS + 1) if f"| {i}/{VIEWS} [" in shown]
+        assert views == (list(range(VIEWS + 1)) if k < 3 else [0]), err
     metrics = json.loads((out / "metrics.json").read_text())  # strict JSON: NaN became null
     assert [r["diverged"] for r in metrics["runs"]] == [False, True, True]
     assert [len(r["views"]) for r in metrics["runs"]] == [VIEWS] * 3
@@ -138,8 +146,9 @@ def test_eval_command_writes_the_report(runs, tmp_path, model_cache, capsys):
     for k in range(3):
         assert f'src="views/run{k}_view{VIEWS - 1}.png"' in page
         assert (out / "views" / f"run{k}_view0.png").is_file()
-    assert (out / "views" / "run0_loss.png").is_file() and "diverged: empty density" in page
-    assert Image.open(out / "contact.png").size == (VIEWS * SIZE, 3 * SIZE)
+    assert (out / "views" / "group0_loss.png").is_file() and "diverged: empty density" in page
+    contact = Image.open(out / "contact.png")  # a row per run under its title and azimuths
+    assert contact.width == VIEWS * SIZE and contact.height > 3 * SIZE
     # Again into the same folder: the old report is replaced whole.
     assert (
         main(

@@ -100,6 +100,61 @@ def test_venv_python_path() -> None:
     assert vs.venv_python(Path("v"), windows=False) == Path("v", "bin", "python")
 
 
+# --- Chromium for the report screenshot test (--dev) --------------------------
+
+
+class FakeApt:
+    """apt-get as ensure_chromium runs it: the commands it got, answered from a script."""
+
+    def __init__(self, *answers: tuple) -> None:
+        self.answers, self.calls = list(answers), []
+
+    def __call__(self, args) -> tuple:
+        self.calls.append(" ".join(args[1:]))
+        return self.answers.pop(0)
+
+
+def test_chromium_present_runs_nothing() -> None:
+    apt = FakeApt()
+    assert vs.ensure_chromium(True, "/usr/bin/apt-get", True, apt) and apt.calls == []
+
+
+@pytest.mark.parametrize("apt_get, root, needle", [(None, True, "no apt-get"), ("/usr/bin/apt-get", False, "sudo")])
+def test_chromium_missing_without_apt_or_root_is_a_warning(apt_get, root, needle, capsys) -> None:
+    apt = FakeApt()
+    assert not vs.ensure_chromium(False, apt_get, root, apt) and apt.calls == []
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: ") and needle in line and "test will skip" in line
+
+
+def test_chromium_is_installed_as_root_with_apt() -> None:
+    apt = FakeApt((0, "Setting up chromium ..."))
+    assert vs.ensure_chromium(False, "/usr/bin/apt-get", True, apt)
+    assert apt.calls == ["install -y -q chromium"]
+
+
+def test_missing_package_lists_are_updated_first(capsys) -> None:
+    apt = FakeApt((100, "E: Unable to locate package chromium"), (0, ""), (0, "Setting up chromium ..."))
+    assert vs.ensure_chromium(False, "/usr/bin/apt-get", True, apt)
+    assert apt.calls == ["install -y -q chromium", "update -q", "install -y -q chromium"]
+    assert capsys.readouterr().err == ""
+
+
+def test_a_failed_install_is_a_warning_not_a_failure(capsys) -> None:
+    apt = FakeApt((100, "E: Could not get lock /var/lib/dpkg/lock-frontend"))
+    assert not vs.ensure_chromium(False, "/usr/bin/apt-get", True, apt)
+    assert apt.calls == ["install -y -q chromium"]  # the lists were not the problem: no update
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: ") and "Could not get lock" in line
+
+
+def test_apt_runs_non_interactively(tmp_path: Path) -> None:
+    fake = tmp_path / "apt-get"
+    fake.write_text('#!/bin/sh\necho "$DEBIAN_FRONTEND $*"\nexit 3\n', encoding="utf-8")
+    fake.chmod(0o755)
+    assert vs.run_apt([str(fake), "install", "-y", "chromium"]) == (3, "noninteractive install -y chromium\n")
+
+
 # --- Python version check -------------------------------------------------
 
 
@@ -186,7 +241,8 @@ def test_second_run_changes_nothing() -> None:
     before = _snapshot(prefix)
     # --no-blender: a Blender on this machine would get the add-on reinstalled (outside the venv).
     # Up to date means no pip work: checked by its output, not by the time it took (see bench/).
-    proc = _run(["--venv", str(prefix), "--no-blender"] + (["--dev"] if stamp.get("dev") else []), timeout=300)
+    args = ["--venv", str(prefix), "--no-blender"] + (["--dev"] if stamp.get("dev") else [])
+    proc = _run(args, env=dict(os.environ, SDI_SKIP_CHROMIUM="1"), timeout=300)  # no apt-get from a test
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "up to date" in proc.stdout
     assert "pip install" not in proc.stdout

@@ -23,10 +23,11 @@ from ...errors import UserError
 from ..diffusion.guidance import METHODS, ScoreDistillation, annealed_timestep, as_method
 from ..diffusion.interface import Prior
 from ..training.priors import load_prior
+from ..training.reports import snapshot_strip
 from ..util.console import StepBar
 from ..util.devices import resolve_device
 from ..util.fileio import atomic_write
-from ..util.images import grid, label, side_by_side, to_pil, write_image_atomic
+from ..util.images import label, side_by_side, to_pil, write_image_atomic
 
 ProgressFn = Callable[[int, int, int, float], None]
 """progress(step, total, t, loss) after each optimisation step."""
@@ -88,6 +89,8 @@ class Distill2DResult:
     """Decoded snapshots, the last one being the final image."""
     frame_steps: list[int]
     """Step index after which each snapshot was taken."""
+    frame_timesteps: list[int]
+    """The diffusion timestep t of each snapshot's step."""
     latent: Tensor
     """The optimised latent, [1, 4, h, w]."""
     seconds: float
@@ -116,7 +119,7 @@ def distill2d(cfg: Distill2DConfig, prior: Prior, progress: ProgressFn | None = 
     )
     T = prior.alphas_cumprod.shape[0]
     keep = set(snapshot_steps(cfg.steps, cfg.frames))
-    frames, frame_steps = [], []
+    frames, frame_steps, frame_timesteps = [], [], []
     for step in range(cfg.steps):
         t = annealed_timestep(step, cfg.steps, cfg.t_max / T, cfg.t_min / T, T)
         loss, _ = guidance.loss(latent, t, gen)
@@ -127,12 +130,14 @@ def distill2d(cfg: Distill2DConfig, prior: Prior, progress: ProgressFn | None = 
             with torch.no_grad():
                 frames.append(prior.decode_latents(latent)[0].cpu())
             frame_steps.append(step)
+            frame_timesteps.append(t)
         if progress is not None:
             progress(step + 1, cfg.steps, t, float(loss.detach()))
     return Distill2DResult(
         image=frames[-1],
         frames=frames,
         frame_steps=frame_steps,
+        frame_timesteps=frame_timesteps,
         latent=latent.detach(),
         seconds=time.perf_counter() - start,
     )
@@ -187,10 +192,12 @@ def run_distill2d(
             bar.close()
     tiles = [to_pil(r.image) for r in results]
     image = side_by_side([label(t, m.upper()) for m, t in zip(methods, tiles)]) if compare else tiles[0]
-    strip = to_pil(grid([r.frames for r in results]))
-    if compare:  # one row per method
-        for row, method in enumerate(methods):
-            strip = label(strip, method.upper(), (2, row * tiles[0].height + 1))
+    strip = snapshot_strip(  # one row per method, each frame captioned with its step and t
+        [r.frames for r in results],
+        [[s + 1 for s in r.frame_steps] for r in results],
+        [r.frame_timesteps for r in results],
+        [m.upper() for m in methods] if compare else None,
+    )
     metrics = _score(results, methods, cfg.prompt, clip, prior.device) if clip else None
     written = []
     try:

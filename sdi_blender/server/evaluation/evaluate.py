@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from ..scene.renderer import VolumeRenderer, as_image, render_views
 from ..training import run_dir
 from ..training.checkpoint import load_renderer
 from ..training.config import TrainConfig
+from ..training.reports import view_azimuths
 from .clip_metrics import ClipJudge
 from .toy_score import run_view_scores
 
@@ -56,6 +58,8 @@ class RunEval:
     """The run's state: done, or cancelled / interrupted / running / failed (then it is unfinished)."""
     total: int = 0
     """The steps the run was asked for."""
+    preset: str = ""
+    """The preset the run's settings started from."""
     views: list[Tensor] = field(repr=False, default_factory=list)
     history: list[dict[str, float]] = field(repr=False, default_factory=list)
 
@@ -76,6 +80,7 @@ class RunEval:
             "prompt": self.prompt,
             "method": self.method,
             "seed": self.seed,
+            "preset": self.preset,
             "step": self.step,
             "total": self.total,
             "status": self.status,
@@ -89,23 +94,35 @@ class RunEval:
             "views": [
                 {
                     "view": i,
-                    "azimuth_deg": 360.0 * i / len(self.clip_score),
+                    "azimuth_deg": a,
                     "clip_score": c,
                     "clip_iqa": q,
                     "opacity": o,
                 }
-                for i, (c, q, o) in enumerate(zip(self.clip_score, self.clip_iqa, self.opacity))
+                for i, (a, c, q, o) in enumerate(
+                    zip(view_azimuths(len(self.clip_score)), self.clip_score, self.clip_iqa, self.opacity)
+                )
             ],
         }
 
 
-def evaluate_run(run: Path, judge: ClipJudge, views: int, size: int, device: torch.device) -> RunEval:
+ViewDone = Callable[[int], None]
+"""on_view(done) after each rendered view: the count of views done so far."""
+
+
+def evaluate_run(
+    run: Path, judge: ClipJudge, views: int, size: int, device: torch.device, on_view: ViewDone | None = None
+) -> RunEval:
     """Render ``views`` turntable views at the evaluation camera and score them."""
     if not (run / run_dir.CHECKPOINT).is_file():
         return _stopped_before_checkpoint(run, views, size)
     renderer, config, step, state = load_renderer(run, device)
     cams = turntable_cameras(views, size, size, config.cameras).to(device)
-    outs = render_views(renderer, cams)
+    outs = []
+    for i in range(views):  # one at a time, to say how far it got
+        outs += render_views(renderer, cams[i])
+        if on_view is not None:
+            on_view(i + 1)
     images = [as_image(out) for out in outs]
     opacity = [float(out.opacity.mean()) for out in outs]
     batch = torch.stack(images)
@@ -115,6 +132,7 @@ def evaluate_run(run: Path, judge: ClipJudge, views: int, size: int, device: tor
         truth=truth,
         status=str(run_dir.read_state(run).get("status", "done")),
         total=config.steps,
+        preset=config.preset,
         run=run,
         prompt=config.prompt,
         method=config.method,
@@ -145,6 +163,7 @@ def _stopped_before_checkpoint(run: Path, views: int, size: int) -> RunEval:
         views=blank,
         status="failed",
         total=config.steps,
+        preset=config.preset,
         diverged="loss became NaN/inf before the first checkpoint",
     )
 
@@ -174,9 +193,12 @@ def evaluate(
     views: int = 8,
     size: int = 256,
     device: str | torch.device = "cpu",
-    progress: Any = None,
+    progress: bool = True,
 ) -> list[RunEval]:
-    """Evaluate every run with one CLIP; a folder that is not a run is a one-line error."""
+    """Evaluate every run with one CLIP; a folder that is not a run is a one-line error.
+
+    With ``progress`` a bar per run on stderr counts its views ("eval run 2/4 NAME: 3/8 views").
+    """
     if views < 1 or size < 16:
         raise UserError(f"need at least 1 view of at least 16 px, got {views} views of {size} px")
     missing = [str(r) for r in runs if not _evaluable(Path(r))]
@@ -187,11 +209,25 @@ def evaluate(
     device = torch.device(device)
     judge = ClipJudge(clip, device=device)
     results = []
-    for i, run in enumerate(runs):
-        if progress is not None:
-            progress(i, len(runs), Path(run).name)
-        results.append(evaluate_run(Path(run), judge, views, size, device))
+    for i, run in enumerate(runs, start=1):
+        bar = _view_bar(f"eval run {i}/{len(runs)} {Path(run).name}", views) if progress else None
+        try:
+            results.append(evaluate_run(Path(run), judge, views, size, device, _advance(bar) if bar else None))
+        finally:
+            if bar is not None:
+                bar.close()
     return results
+
+
+def _view_bar(label: str, views: int) -> Any:
+    from tqdm import tqdm
+
+    # Every view is shown: a view takes a render, far longer than a line of output.
+    return tqdm(total=views, desc=label, unit="view", file=sys.stderr, mininterval=0, miniters=1, dynamic_ncols=True)
+
+
+def _advance(bar: Any) -> ViewDone:
+    return lambda done: bar.update(done - bar.n)
 
 
 def _evaluable(run: Path) -> bool:
