@@ -49,7 +49,8 @@ def test_generate_test_preset_end_to_end(tmp_path: Path):
     assert "30/30" in proc.stderr  # the progress bar reached the end
     config = json.loads((run / run_dir.CONFIG).read_text())
     assert (config["steps"], config["resolution"], config["method"]) == (30, 64, "sdi")
-    assert Image.open(run / run_dir.TURNTABLE).size == (4 * 64, 64)
+    turntable = Image.open(run / run_dir.TURNTABLE)  # four views under their azimuth captions
+    assert turntable.width == 4 * 64 and 64 < turntable.height < 2 * 64
     assert Image.open(run / run_dir.LOSS_CURVE).size[0] > 100
     assert sorted(p.name for p in (run / run_dir.PREVIEWS).iterdir()) == [
         "step_000010.png",
@@ -129,7 +130,7 @@ def test_bad_resumes(capsys, tmp_path):
     _bad(
         capsys,
         ["generate", "--resume", str(run), "--preset", "paper", "--steps", "1"],
-        "cannot change preset",
+        "--steps or --preset when resuming, not both",
         tmp_path,
     )
     _bad(

@@ -198,9 +198,9 @@ class _FakeEvent:
 
 
 def test_loss_values_are_read_when_they_arrive_and_at_most_two_steps_late():
-    from sdi_blender.server.training.trainer import _LossFetch
+    from sdi_blender.server.training.loss_fetch import LossFetch
 
-    fetch = _LossFetch(torch.device("cpu"), max_lag=2)
+    fetch = LossFetch(torch.device("cpu"), max_lag=2)
     events = [_FakeEvent(done) for done in (True, False, False, False)]
 
     def push(step: int) -> None:

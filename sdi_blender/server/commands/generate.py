@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from ..training.config import TrainConfig
 from ..training.plan import GenerateRequest, plan_run
 from ..training.priors import load_prior
 from ..training.trainer import Progress, RunResult, Trainer, TrainerCallbacks
+from ..training.variations import plan_variations, write_contact_sheet
 from ..util.console import StepBar
 from ..util.devices import resolve_device
 
@@ -31,6 +33,9 @@ class _ProgressBar(TrainerCallbacks):
 
     def on_progress(self, p: Progress) -> None:
         self.bar.update(p.step, p.t, p.losses["total"])
+
+    def on_notice(self, step: int, message: str) -> None:
+        self.bar.bar.write(f"step {step}: {message}", file=sys.stderr)  # above the bar, not through it
 
 
 class _CancelOnInterrupt:
@@ -84,6 +89,19 @@ def start_lines(config: TrainConfig, device: torch.device, out: Path, steps: int
     return lines
 
 
+def train_in_terminal(trainer: Trainer, aborted: Callable[[int], str]) -> RunResult:
+    """Run ``trainer`` with a progress bar. The first Ctrl-C stops after the step; a second aborts
+    with the message ``aborted(last saved step)``, which leaves the run folder as it says."""
+    bar = trainer.callbacks = _ProgressBar(trainer.config.steps, trainer.step)  # after all checks passed
+    try:
+        with _CancelOnInterrupt() as cancel:
+            return trainer.run(cancel)
+    except KeyboardInterrupt:  # the second Ctrl-C: abort now
+        raise KeyboardInterrupt(aborted(trainer.saved_step)) from None
+    finally:
+        bar.bar.close()
+
+
 def run_generate(req: GenerateRequest, prior: Prior | None = None) -> RunResult:
     """Plan, build and train; prints where the results are. ``prior``: an already loaded model
     (several runs in a row, e.g. ``compare``)."""
@@ -99,16 +117,28 @@ def run_generate(req: GenerateRequest, prior: Prior | None = None) -> RunResult:
     if not resume:
         run_dir.prepare_new_run(req.out, req.overwrite)
     trainer = Trainer(config, req.out, prior=prior, resume=resume)
-    bar = trainer.callbacks = _ProgressBar(config.steps, trainer.step)  # after all checks passed
-    try:
-        with _CancelOnInterrupt() as cancel:
-            result = trainer.run(cancel)
-    except KeyboardInterrupt:  # the second Ctrl-C: abort now
-        raise KeyboardInterrupt(_aborted(req.out, trainer.saved_step, config.steps, resume)) from None
-    finally:
-        bar.bar.close()
+    result = train_in_terminal(trainer, lambda saved: _aborted(req.out, saved, config.steps, resume))
     if result.status == "cancelled":
         print(f"cancelled at step {result.step}; continue with: {resume_command(req.out)}", file=sys.stderr)
     else:
         print(f"done: {result.step} steps in {req.out} (turntable.png, loss_curve.png, checkpoints/)", file=sys.stderr)
     return result
+
+
+def run_variations(req: GenerateRequest, seeds: list[int]) -> list[RunResult]:
+    """Train one run per seed in ``req.out/seed-N``, one after another, then write the contact
+    sheet ``req.out/variations.png``. Every run is checked before the first trains; Ctrl-C stops
+    after the current run's step, leaving the runs so far (and no sheet)."""
+    plans = plan_variations(req, seeds)
+    device = resolve_device(req.device)
+    print(f"loading the model {plans[0][1].model}…", file=sys.stderr, flush=True)
+    prior = load_prior(plans[0][1].model, device=device)
+    results = []
+    for i, (run, _) in enumerate(plans, start=1):
+        print(f"variation {i}/{len(plans)}: seed {seeds[i - 1]}", file=sys.stderr, flush=True)
+        results.append(run_generate(run, prior))
+        if results[-1].status == "cancelled":
+            return results
+    sheet = write_contact_sheet(req.out, [run.out for run, _ in plans], seeds)
+    print(f"wrote {sheet}; promote one with: {resume_command(plans[0][0].out)} --steps N", file=sys.stderr)
+    return results

@@ -27,6 +27,7 @@ import torch
 from ... import catalog
 from ...errors import UserError
 from ..scene.field import ImplicitVolume
+from ..scene.mesh_file import GLTF_FROM_WORLD
 from ..training.checkpoint import load_field
 from ..util.devices import resolve_device
 from ..util.fileio import staged_folder
@@ -39,7 +40,7 @@ ProgressFn = Callable[[str, float], None]
 """progress(stage, fraction of that stage done)."""
 
 # Field world (Z-up, front +X) → Blender (Z-up, front −Y) → glTF (Y-up): x' = y, y' = z, z' = x.
-TO_GLTF = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+TO_GLTF = GLTF_FROM_WORLD
 
 
 @dataclass
@@ -76,7 +77,9 @@ class ExportResult:
     info: dict
 
 
-def _albedo_fn(field: ImplicitVolume, device: torch.device, chunk: int = 1 << 16):
+def albedo_fn(field: ImplicitVolume, device: torch.device, chunk: int = 1 << 16):
+    """The field's albedo at world points [N, 3] (numpy in, numpy out), for baking."""
+
     @torch.no_grad()
     def colour(points: np.ndarray) -> np.ndarray:
         out = [
@@ -111,7 +114,7 @@ def export_run(
         progress,
     )
     verts, faces, uvs, image, tex_info = bake_texture(
-        np.asarray(mesh.vertices), np.asarray(mesh.faces), _albedo_fn(field, dev), settings.texture_size, progress
+        np.asarray(mesh.vertices), np.asarray(mesh.faces), albedo_fn(field, dev), settings.texture_size, progress
     )
     t_write = time.perf_counter()
     progress("write", 0.95)
@@ -149,9 +152,16 @@ def _write_atomically(
 
 
 def write_mesh(
-    folder: Path, verts: np.ndarray, faces: np.ndarray, uvs: np.ndarray, image: np.ndarray, fmt: str
+    folder: Path,
+    verts: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    image: np.ndarray,
+    fmt: str,
+    transform: np.ndarray | None = None,
 ) -> dict[str, str]:
-    """Write a UV-textured mesh with trimesh; returns file names by kind."""
+    """Write a UV-textured mesh with trimesh; returns file names by kind. ``transform`` [4, 4]
+    places the mesh in the GLB's scene (its node's transform; default none)."""
     import trimesh
     from PIL import Image
 
@@ -175,7 +185,11 @@ def write_mesh(
     )
     if fmt == "glb":
         glb = f"{catalog.MESH_STEM}.glb"
-        data = mesh.export(file_type="glb")
+        placed: trimesh.Trimesh | trimesh.Scene = mesh
+        if transform is not None:
+            placed = trimesh.Scene()
+            placed.add_geometry(mesh, transform=transform)
+        data = placed.export(file_type="glb")
         assert isinstance(data, bytes)  # a GLB is one binary file
         (folder / glb).write_bytes(data)
         return {"mesh": glb}

@@ -174,20 +174,40 @@ def bake_texture(
     Returns ``(vertices2, faces2, uvs, image uint8 [size,size,3], info)`` where
     ``info`` has texture_size, charts, coverage and per-stage ``seconds``.
     """
+    seconds: dict[str, float] = {}
+    with timed(seconds, "unwrap"):
+        if progress is not None:
+            progress("unwrap", 0.0)
+        verts2, faces2, uvs, _, charts = unwrap_with_mapping(vertices, faces, size)
+    image8, baked = bake_uv_texture(verts2, faces2, uvs, color_fn, size, progress)
+    info = {**baked, "charts": charts, "seconds": {**seconds, **baked["seconds"]}}
+    return verts2, faces2, uvs, image8, info
+
+
+def bake_uv_texture(
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uvs: np.ndarray,
+    color_fn: ColorFn,
+    size: int = 1024,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Rasterise the mesh's own UV layout ``uvs`` [V, 2], bake ``color_fn`` at the texels' points
+    on ``vertices`` [V, 3] and dilate into the empty texels.
+
+    Returns ``(image uint8 [size,size,3], info)``; ``info`` has texture_size, coverage and
+    per-stage ``seconds``.
+    """
     report = progress or (lambda stage, fraction: None)
     seconds: dict[str, float] = {}
 
-    with timed(seconds, "unwrap"):
-        report("unwrap", 0.0)
-        verts2, faces2, uvs, _, charts = unwrap_with_mapping(vertices, faces, size)
-
     with timed(seconds, "rasterize"):
         report("rasterize", 0.0)
-        face_id, bary = rasterize_uv(uvs, faces2, size)
+        face_id, bary = rasterize_uv(uvs, faces, size)
 
     with timed(seconds, "bake"):
         report("bake", 0.0)
-        image = bake(verts2, faces2, face_id, bary, color_fn, size, progress=report)
+        image = bake(vertices, faces, face_id, bary, color_fn, size, progress=report)
 
     with timed(seconds, "dilate"):
         report("dilate", 0.0)
@@ -196,10 +216,4 @@ def bake_texture(
     report("dilate", 1.0)
 
     image8 = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    info = {
-        "texture_size": int(size),
-        "charts": charts,
-        "coverage": float(mask.mean()),
-        "seconds": seconds,
-    }
-    return verts2, faces2, uvs, image8, info
+    return image8, {"texture_size": int(size), "coverage": float(mask.mean()), "seconds": seconds}

@@ -20,10 +20,12 @@ from ...errors import UserError
 from ..diffusion.prior import SpeedConfig
 from ..scene.background import BackgroundConfig
 from ..scene.cameras import CameraConfig
+from ..scene.encoding import KERNELS
 from ..scene.field import FieldConfig
 from ..scene.renderer import RendererConfig
 from ..scene.shading import ShadingConfig
 from ..toyworld.objects import TOY_CAMERAS, check_toy_prompt
+from .init_mesh import InitMesh
 from .regularizers import LossWeights
 
 PAPER_STEPS = 10_000
@@ -134,6 +136,11 @@ class TrainConfig:
     """Steps between checkpoints (one is also written at the end and on cancel)."""
     turntable_views: int = 8
     """Views in the final turntable strip."""
+    proxy_every: int | None = None
+    """Steps between the coarse meshes a server job sends while it trains (the panel's live
+    proxy); None: every tenth of the run, 0: none."""
+    init_mesh: InitMesh = dataclasses.field(default_factory=InitMesh)
+    """Start the density from a mesh's inside instead of the default blob (``--init-mesh``)."""
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     """The hash-grid radiance field."""
     background: BackgroundConfig = dataclasses.field(default_factory=BackgroundConfig)
@@ -174,6 +181,10 @@ class TrainConfig:
                 raise UserError(f"{name.replace('_', ' ')} must be positive, got {getattr(self, name)}")
         if self.renderer.num_samples_per_ray <= 0:
             raise UserError("samples per ray must be positive")
+        if self.renderer.hash_kernel not in KERNELS:
+            raise UserError(
+                f"unknown hash-grid kernel '{self.renderer.hash_kernel}'", hint=f"choose one of {', '.join(KERNELS)}"
+            )
         self.speed.validate()
 
     def to_json(self) -> str:

@@ -7,21 +7,23 @@ from its checkpoint exactly: the random generators are saved with the weights.
 
 The trainer's own step code never makes the host wait for the GPU (nerfacc's occupancy-grid
 sampler still does, inside the render, to size its packed samples): host data goes to the GPU
-through pinned memory, loss values come back asynchronously (:class:`_LossFetch`), and
+through pinned memory, loss values come back asynchronously (:class:`~.loss_fetch.LossFetch`), and
 progress is reported once they have arrived - on CUDA usually after the same step, at most
 two steps late; on CPU at once. The NaN/inf check runs on every step's values as they arrive,
 so it names the exact step, but the weights may already have taken that step's update (and
 on CUDA up to two more); every checkpoint first waits for all values and checks them, so a
 checkpoint never holds weights updated from a non-finite loss. With an fp16 prior the loss is
 scaled dynamically (:mod:`~sdi_blender.server.training.loss_scaling`): a step whose gradients overflow
-is skipped and the scale lowered, without stopping the run.
+is skipped and the scale lowered, without stopping the run. A step that runs out of memory
+in its forward or backward pass is retried with a smaller render chunk, then fewer samples per
+ray (:func:`~sdi_blender.server.scene.renderer.lower_memory`), from the state before it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,14 +38,15 @@ from ..diffusion.prompts import PromptOptions
 from ..scene.background import EnvironmentBackground
 from ..scene.cameras import sample_cameras, turntable_cameras
 from ..scene.field import ImplicitVolume
-from ..scene.renderer import VolumeRenderer, as_image, render_views
+from ..scene.renderer import VolumeRenderer, as_image, lower_memory, render_views
 from ..scene.shading import pick_shading
-from ..util.devices import resolve_device
+from ..util.devices import is_out_of_memory, resolve_device
 from ..util.images import png_bytes
 from ..util.step_timer import Pace, StepTimer, no_stage
 from . import checkpoint, run_dir
 from . import regularizers as reg
 from .config import TrainConfig, incompatibilities
+from .loss_fetch import LossFetch
 from .loss_scaling import make_adam, make_scaler
 from .priors import load_prior
 
@@ -75,6 +78,14 @@ class TrainerCallbacks:
 
     def on_checkpoint(self, step: int, path: Path) -> None: ...
 
+    def on_field(self, step: int, field: ImplicitVolume) -> None:
+        """Every ``config.proxy_every`` steps, the field as it is (for a live proxy mesh); it must
+        not be changed, and it goes on training once this returns."""
+
+    def on_notice(self, step: int, message: str) -> None:
+        """Something the run changed by itself (e.g. less memory after running out); logged."""
+        logging.getLogger(__name__).warning("step %d: %s", step, message)
+
 
 @dataclass
 class RunResult:
@@ -82,43 +93,6 @@ class RunResult:
     """done or cancelled."""
     step: int
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-class _LossFetch:
-    """Loss values on their way to the host, copied without making the host wait.
-
-    On CUDA each step's values are copied into pinned memory behind the step's work and an
-    event marks their arrival; :meth:`ready` returns those that have arrived (``query``, no
-    wait) and waits only for values more than ``max_lag`` steps old, or for all when asked.
-    On other devices the values are there at once.
-    """
-
-    def __init__(self, device: torch.device, max_lag: int = 2) -> None:
-        self.cuda, self.max_lag = device.type == "cuda", max_lag
-        self.pending: deque[tuple[int, int, list[str], torch.Tensor, torch.cuda.Event | None]] = deque()
-
-    def push(self, step: int, t: int, terms: dict[str, torch.Tensor]) -> None:
-        values = torch.stack([v.detach().float() for v in terms.values()])
-        event = None
-        if self.cuda:
-            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            host.copy_(values, non_blocking=True)
-            values, event = host, torch.cuda.Event()
-            event.record()
-        self.pending.append((step, t, list(terms), values, event))
-
-    def ready(self, wait: bool = False) -> list[tuple[int, int, dict[str, float]]]:
-        """(step, t, values) of the steps whose values have arrived, oldest first."""
-        out = []
-        while self.pending:
-            step, t, names, values, event = self.pending[0]
-            if event is not None:
-                if not (wait or len(self.pending) > self.max_lag or event.query()):
-                    break
-                event.synchronize()
-            self.pending.popleft()
-            out.append((step, t, dict(zip(names, values.tolist()))))
-        return out
 
 
 class Trainer:
@@ -146,14 +120,16 @@ class Trainer:
         self.prior.apply_speed(config.speed)
         self.timer = timer
         self._stage = timer.stage if timer is not None else no_stage
-        self._losses = _LossFetch(self.device)
+        self._losses = LossFetch(self.device)
         self._pace: Pace | None = None  # elapsed time and ETA of run(), warm-up aside
         torch.manual_seed(config.seed)  # the field's initialisation
-        self.field = ImplicitVolume(config.field).to(self.device)
+        self.field = ImplicitVolume(config.field, hash_kernel=config.renderer.hash_kernel).to(self.device)
+        if config.init_mesh.path and not resume:  # the artist's blockout instead of the blob
+            from .init_mesh import fit_field
+
+            fit_field(self.field, config.init_mesh, config.seed)
         self.background = EnvironmentBackground(config.background).to(self.device)
-        self.renderer = VolumeRenderer(
-            self.field, self.background, config.field.radius, config.renderer, config.shading
-        ).to(self.device)
+        self.renderer = self.make_renderer()
         self.scaler = make_scaler(self.device, self.prior.dtype)
         self.optimizer = make_adam(
             [
@@ -178,6 +154,12 @@ class Trainer:
             config.negative_prompt,
             PromptOptions(view_dependent=config.view_dependent, perp_neg=config.perp_neg),
         )
+
+    def make_renderer(self) -> VolumeRenderer:
+        """What draws the field over the background. A subclass may draw something else with the
+        same outputs: the texture fit draws a fixed mesh's albedo (``training/texture_fit.py``)."""
+        cfg = self.config
+        return VolumeRenderer(self.field, self.background, cfg.field.radius, cfg.renderer, cfg.shading).to(self.device)
 
     # -- one step -------------------------------------------------------------------------
     def train_step(self) -> tuple[int, dict[str, torch.Tensor]]:
@@ -249,17 +231,46 @@ class Trainer:
         once they have reached the host; nothing here waits for the device.
         """
         with self.timer.step() if self.timer is not None else no_stage("step"):
-            t, terms = self.train_step()
-            self._losses.push(self.step + 1, t, terms)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(terms["total"]).backward()
-            if self.timer is not None:
-                self.timer.end("render_backward")
+            t = self._forward_backward_fitting()
             with self._stage("update"):
                 self.scaler.step(self.optimizer)  # skipped if any gradient is inf/NaN
                 self.scaler.update()
         self.step += 1
         return t
+
+    def _forward_backward(self) -> int:
+        t, terms = self.train_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(terms["total"]).backward()
+        if self.timer is not None:
+            self.timer.end("render_backward")
+        self._losses.push(self.step + 1, t, terms)  # only once the step can no longer fail
+        return t
+
+    def _forward_backward_fitting(self) -> int:
+        """:meth:`_forward_backward`, retried with less render memory while it runs out.
+
+        A failed attempt leaves no trace: its gradients are dropped, the generators are
+        rewound (the retry draws the same cameras and noise), the optimiser has not run and
+        its losses were not queued. The lowered settings are kept for the rest of the run (and
+        written to its config); with nothing left to lower the out-of-memory error is raised.
+        """
+        while True:
+            rng = self.gen_cpu.get_state(), self.gen_dev.get_state()
+            try:
+                return self._forward_backward()
+            except Exception as exc:
+                if not is_out_of_memory(exc) or (change := lower_memory(self.config.renderer)) is None:
+                    raise
+            # Outside the handler, so the failed attempt's tensors (its traceback) are freed.
+            self.optimizer.zero_grad(set_to_none=True)
+            self.gen_cpu.set_state(rng[0])
+            if self.gen_dev is not self.gen_cpu:
+                self.gen_dev.set_state(rng[1])
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            run_dir.atomic_write(self.run_path / run_dir.CONFIG, self.config.to_json())
+            self.callbacks.on_notice(self.step + 1, f"out of memory; retrying the step with {change}")
 
     def report_progress(self, wait: bool = False) -> None:
         """Check, record and report the loss values that have arrived (all of them if ``wait``)."""
@@ -297,12 +308,19 @@ class Trainer:
             self.report_progress()
             if self.step % cfg.preview_every == 0 or self.step == cfg.steps:
                 self.callbacks.on_preview(self.step, self.preview())
+            if self._proxy_due():
+                self.callbacks.on_field(self.step, self.field)
             if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                 self.save_checkpoint()
         self.save_checkpoint()
         self._write_reports()
         self._set_state("done")
         return RunResult("done", self.step, self.history)
+
+    def _proxy_due(self) -> bool:
+        every = self.config.proxy_every
+        every = max(self.config.steps // 10, 1) if every is None else every
+        return every > 0 and self.step % every == 0 and self.step < self.config.steps  # the last: the result
 
     # -- images ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -324,7 +342,9 @@ class Trainer:
         run_dir.atomic_write(
             self.run_path / run_dir.TURNTABLE, strip_png(self.render_views(self.config.turntable_views, size))
         )
-        run_dir.atomic_write(self.run_path / run_dir.LOSS_CURVE, loss_curve_png(self.history))
+        run_dir.atomic_write(
+            self.run_path / run_dir.LOSS_CURVE, loss_curve_png(self.history, self.config.prompt, self.config.method)
+        )
 
     # -- checkpoints ----------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
