@@ -19,27 +19,38 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .protocol import CLIENT_ERROR_CODES, ERROR_CODES, MAX_MESSAGE_BYTES, PROTOCOL_VERSION, decode, encode, error_event
+from .protocol import (
+    CLIENT_ERROR_CODES,
+    ERROR_CODES,
+    ERROR_REASONS,
+    MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+    decode,
+    encode,
+    error_event,
+)
 
 
 class ServerError(Exception):
     """An ``error`` event in reply to a request, or a broken connection."""
 
-    def __init__(self, code: str, message: str, hint: str = "") -> None:
+    def __init__(self, code: str, message: str, hint: str = "", reason: str = "") -> None:
         if code not in ERROR_CODES and code not in CLIENT_ERROR_CODES:
             raise ValueError(f"'{code}' is not a protocol error code")
         super().__init__(f"{message}; {hint}" if hint else message)
         self.code, self.message, self.hint = code, message, hint
+        self.reason = reason if reason in ERROR_REASONS else ""
+        """What refines ``code`` (:data:`~sdi_blender.protocol.ERROR_REASONS`), "" for none."""
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> ServerError:
         """The error an ``error`` event reports (a code this client does not know reads as internal)."""
         code = event.get("code")
         known = code if isinstance(code, str) and code in ERROR_CODES else "internal"
-        return cls(known, str(event.get("message", "")), str(event.get("hint", "")))
+        return cls(known, str(event.get("message", "")), str(event.get("hint", "")), str(event.get("reason") or ""))
 
 
-JOB_REQUESTS = ("generate", "continue", "export")
+JOB_REQUESTS = ("generate", "continue", "export", "texture")
 """Requests that queue a job: one whose reply comes too late is cancelled, never orphaned."""
 
 

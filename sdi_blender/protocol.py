@@ -13,15 +13,26 @@ Requests (``type``) and their fields are in :data:`REQUESTS`; events in :data:`E
 error codes in :data:`ERROR_CODES` (a closed set).
 
 Replies (with the request's ``id``): ``status`` → ``{event: status, version, protocol, device,
-memory, model, queue, running}``; ``list_jobs`` → ``{event: jobs, jobs: [{job, kind, prompt,
-status, step, total, created, error}]}``; ``cancel``, ``delete_job``, ``subscribe`` (plus the
-job's list entry) and ``shutdown`` → ``{event: ok, ...}``; ``generate``, ``continue`` and
-``export`` → ``{event: queued, job, position}`` (jobs that run first, the running one
-included), and the connection is subscribed to that job. A refused request gets an
+memory, model, queue, running}`` (``memory.free``: the device's free bytes on CUDA, absent on a
+CPU); ``list_jobs`` → ``{event: jobs, jobs: [{job, kind, prompt,
+status, step, total, created, error}]}``; ``cancel`` (``keep``: stop training now and export
+what there is, the job ends done), ``delete_job``, ``subscribe`` (plus the job's list entry) and
+``shutdown`` → ``{event: ok, ...}``; ``generate`` (``init_mesh``: a mesh file on the server whose
+inside the density starts as), ``continue``, ``export`` and ``texture`` (paint the mesh file
+``mesh`` on the server from the prompt, keeping its geometry) → ``{event: queued, job, position}``
+(jobs that run first, the running one included), and the connection is subscribed to that job. A refused request gets an
 ``error`` event with its ``id``; a ``too_large`` line also closes the connection.
-Job events (``job`` but no ``id``): started(kind), progress(step, total, t, loss, elapsed_s,
-eta_s), preview(step, png: base64), exported(files: {kind: path}, vertices, faces), then
-exactly one of done(step), cancelled(step) or error(code, message, hint).
+Job events (``job`` but no ``id``): started(kind, device, model, preset, steps, resolution, run,
+estimate: null for an export), loading(model), download(model, file, done, total: bytes, total
+null when unknown), progress(step, total, t, loss, elapsed_s, eta_s), preview(step, png: base64),
+proxy_mesh(step, vertices, faces, colours: the field's coarse mesh while it trains, base64 of
+little-endian float32 [V, 3] positions in Blender's axes, int32 [F, 3] indices and uint8 [V, 3]
+colours), export_stage(stage, fraction: of the export, null where unknown), exported(files:
+{kind: path}, vertices, faces; and ``placement`` {centre, scale} for a run started from a mesh:
+scale the mesh by it about the origin, then move it by centre, to put it back in that mesh's
+frame), then exactly one of done(step), cancelled(step) or error(code, message, hint,
+reason). ``reason`` refines a code for a client that words its own hints (see
+:data:`ERROR_REASONS`; "" when none).
 Job statuses: queued, running, done, cancelled, failed, interrupted.
 """
 
@@ -58,6 +69,13 @@ CLIENT_ERROR_CODES: dict[str, str] = {
 """Codes the client side raises itself; the server never sends them. With :data:`ERROR_CODES`
 the closed set of every error an add-on or a client can see."""
 
+ERROR_REASONS: dict[str, str] = {
+    "offline": "model_unavailable: downloads were not allowed (allow_downloads false) and the model is not local",
+    "model": "bad_request: the model name is neither a built-in, a folder nor a hub id",
+    "export": "internal or out_of_memory: the mesh export failed",
+}
+"""The ``reason`` values an error event may carry, refining its code (a closed set)."""
+
 EVENTS = (
     "hello",
     "status",
@@ -65,8 +83,12 @@ EVENTS = (
     "ok",
     "queued",
     "started",
+    "loading",
+    "download",
     "progress",
     "preview",
+    "proxy_mesh",
+    "export_stage",
     "exported",
     "done",
     "cancelled",
@@ -75,13 +97,17 @@ EVENTS = (
 """Every ``event`` the server sends."""
 
 JOB_EVENT_FIELDS: dict[str, tuple[str, ...]] = {
-    "started": ("kind",),
+    "started": ("kind", "device", "model", "preset", "steps", "resolution", "run", "estimate"),
+    "loading": ("model",),
+    "download": ("model", "file", "done", "total"),
     "progress": ("step", "total", "t", "loss", "elapsed_s", "eta_s"),
     "preview": ("step", "png"),
+    "proxy_mesh": ("step", "vertices", "faces", "colours"),
+    "export_stage": ("stage", "fraction"),
     "exported": ("files", "vertices", "faces"),
     "done": ("step",),
     "cancelled": ("step",),
-    "error": ("code", "message", "hint"),
+    "error": ("code", "message", "hint"),  # and "reason", which an older server may leave out
 }
 """Job events (each also carries ``job``) and the fields each always has."""
 
@@ -102,11 +128,14 @@ REQUESTS: dict[str, dict[str, tuple[Any, bool]]] = {
         "perp_neg": (_BOOL, False),
         "view_dependent": (_BOOL, False),
         "model": (_STR, False),
+        "allow_downloads": (_BOOL, False),
         "preview_every": (_INT, False),
         "checkpoint_every": (_INT, False),
+        "proxy_every": (_INT, False),
+        "init_mesh": (_STR, False),
         "export": (dict, False),
     },
-    "cancel": {"job": (_STR, True)},
+    "cancel": {"job": (_STR, True), "keep": (_BOOL, False)},
     "subscribe": {"job": (_STR, True)},
     "export": {
         "job": (_STR, True),
@@ -116,7 +145,26 @@ REQUESTS: dict[str, dict[str, tuple[Any, bool]]] = {
         "faces": (_INT, False),
         "format": (_STR, False),
     },
-    "continue": {"job": (_STR, True), "steps": (_INT, True), "prompt": (_STR, False), "export": (dict, False)},
+    "continue": {
+        "job": (_STR, True),
+        "steps": (_INT, True),
+        "prompt": (_STR, False),
+        "allow_downloads": (_BOOL, False),
+        "export": (dict, False),
+    },
+    "texture": {
+        "prompt": (_STR, True),
+        "mesh": (_STR, True),
+        "method": (_STR, False),
+        "preset": (_STR, False),
+        "steps": (_INT, False),
+        "resolution": (_INT, False),
+        "seed": (_INT, False),
+        "model": (_STR, False),
+        "allow_downloads": (_BOOL, False),
+        "preview_every": (_INT, False),
+        "texture_size": (_INT, False),
+    },
     "list_jobs": {},
     "delete_job": {"job": (_STR, True)},
     "shutdown": {},
@@ -133,6 +181,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "protocol": (0, 1_000_000),
     "preview_every": (1, 1_000_000),
     "checkpoint_every": (1, 1_000_000),
+    "proxy_every": (0, 1_000_000),
 }
 _MAX_TEXT = 4096  # prompts and ids longer than this are refused
 
@@ -251,11 +300,14 @@ def _check_code(code: str, codes: dict[str, str]) -> None:
 
 
 def error_event(
-    code: str, message: str, hint: str = "", request_id: Any = None, job: str | None = None
+    code: str, message: str, hint: str = "", request_id: Any = None, job: str | None = None, reason: str = ""
 ) -> dict[str, Any]:
-    """An ``error`` event; ``code`` must be one of :data:`ERROR_CODES` or :data:`CLIENT_ERROR_CODES`."""
+    """An ``error`` event; ``code`` must be one of :data:`ERROR_CODES` or :data:`CLIENT_ERROR_CODES`,
+    ``reason`` "" or one of :data:`ERROR_REASONS`."""
     _check_code(code, {**ERROR_CODES, **CLIENT_ERROR_CODES})
-    event: dict[str, Any] = {"event": "error", "code": code, "message": message, "hint": hint}
+    if reason:
+        _check_code(reason, ERROR_REASONS)
+    event: dict[str, Any] = {"event": "error", "code": code, "message": message, "hint": hint, "reason": reason}
     if request_id is not None:
         event["id"] = request_id
     if job is not None:

@@ -20,7 +20,8 @@ TERMINAL = ("done", "cancelled", "error")
 class Server:
     """A server subprocess and what its listening line said."""
 
-    def __init__(self, jobs_dir: Path) -> None:
+    def __init__(self, jobs_dir: Path, args: tuple[str, ...] = ()) -> None:
+        """``args``: more server options (e.g. ``--ray ADDRESS``)."""
         self.jobs_dir = jobs_dir
         self.log = open(jobs_dir.parent / f"{jobs_dir.name}-server.log", "ab")
         self.proc = subprocess.Popen(
@@ -34,6 +35,7 @@ class Server:
                 "cpu",
                 "--jobs-dir",
                 str(jobs_dir),
+                *args,
             ],
             stdout=subprocess.PIPE,
             stderr=self.log,

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from sdi_blender.addon.controller import Controller, JobView, ServerError, check_python
+from sdi_blender.addon.wording import BLENDER_HINTS
 
 
 @pytest.fixture
@@ -78,8 +79,9 @@ def test_out_of_memory_is_an_error_outcome_with_the_hint(c):
             "hint": "lower the preset or the resolution",
         },
     )
-    assert outcome.status == "error"
-    assert outcome.report() == "out of memory: CUDA (lower the preset or the resolution)"
+    assert outcome.status == "error"  # the server's hint, in the panel's words
+    assert outcome.report() == f"out of memory: CUDA ({BLENDER_HINTS['out_of_memory', '']})"
+    assert "Quality" in outcome.hint and "Render Size" in outcome.hint
     assert not c.running
 
 

@@ -96,7 +96,8 @@ def test_register_unregister_in_blender() -> None:
     assert seen["description"].startswith("Python of the server environment made by vendor_setup.py")
     assert seen["drawn"] == [
         "server_python",
-        "model",
+        "model_choice",
+        "stall_seconds",
         "jobs_dir",
         "device",
         "use_remote",

@@ -36,3 +36,14 @@ def test_stable_diffusion_on_a_cpu_is_warned_about() -> None:
     assert lines[2].startswith("warning: Stable Diffusion on a CPU takes many hours")
     gpu = start_lines(config, torch.device("cuda"), Path("runs/s"), config.steps)
     assert len(gpu) == 2 and "unmeasured for Draft on cuda" in gpu[1]
+
+
+def test_every_preset_has_a_vram_estimate_and_a_smaller_one_is_suggested_when_it_does_not_fit() -> None:
+    assert set(catalog.PEAK_VRAM_GB) == set(catalog.PRESETS)
+    assert all(source.startswith("estimate") for _, source in catalog.PEAK_VRAM_GB.values())
+    assert catalog.suggest_preset(80.0, "paper") is None  # fits
+    assert catalog.suggest_preset(catalog.PEAK_VRAM_GB["paper"][0], "paper") is None  # exactly fits
+    assert catalog.suggest_preset(24.0, "paper") == "draft"  # the largest that fits
+    assert catalog.suggest_preset(24.0, "draft") is None
+    assert catalog.suggest_preset(4.0, "standard") == "draft"  # none fits: the smallest for its model
+    assert catalog.suggest_preset(0.5, "toy") == "toy"  # never a preset meant for another model

@@ -91,6 +91,7 @@ def test_valid_requests_pass_unchanged():
         "subscribe",
         "export",
         "continue",
+        "texture",
         "list_jobs",
         "delete_job",
         "shutdown",
@@ -104,11 +105,25 @@ def test_error_events_use_the_closed_set():
         "code": "not_found",
         "message": "no job 'x'",
         "hint": "list_jobs shows them",
+        "reason": "",
         "id": 4,
         "job": "x",
     }
     with pytest.raises(ValueError):
         ProtocolError("made_up", "x")
+    assert error_event("model_unavailable", "m", reason="offline")["reason"] == "offline"
+    with pytest.raises(ValueError):
+        error_event("model_unavailable", "m", reason="made_up")
+
+
+def test_generate_and_continue_may_forbid_downloads():
+    for request in (
+        {"type": "generate", "id": 1, "prompt": "x", "allow_downloads": False},
+        {"type": "continue", "id": 1, "job": "j", "steps": 3, "allow_downloads": True},
+    ):
+        assert validate_request(request) is request
+    with pytest.raises(ProtocolError, match="wrong type"):
+        validate_request({"type": "generate", "id": 1, "prompt": "x", "allow_downloads": "no"})
 
 
 # --- event shapes and the closed code set -------------------------------------------------
@@ -140,4 +155,8 @@ def test_error_codes_are_a_closed_set_on_both_sides() -> None:
     assert ServerError("timeout", "slow").code == "timeout"
     # A code from a newer server reads as internal, keeping its message.
     err = ServerError.from_event({"event": "error", "code": "brand_new", "message": "m", "hint": "h"})
-    assert (err.code, err.message, err.hint) == ("internal", "m", "h")
+    assert (err.code, err.message, err.hint, err.reason) == ("internal", "m", "h", "")
+    # A reason this client knows is kept (the add-on words its hint by it); an unknown one is dropped.
+    known = ServerError.from_event({"event": "error", "code": "model_unavailable", "message": "m", "reason": "offline"})
+    unknown = ServerError.from_event({"event": "error", "code": "internal", "message": "m", "reason": "brand_new"})
+    assert (known.reason, unknown.reason) == ("offline", "")

@@ -52,6 +52,17 @@ def test_non_loopback_host_needs_allow_remote(capsys):
     assert len(err) == 1 and "--allow-remote" in err[0]
 
 
+def _check_export_stages(events: list[dict[str, Any]]) -> None:
+    """The export's stages come as events between the training's last and ``exported``, in order."""
+    kinds = [e["event"] for e in events]
+    stages = [e for e in events if e["event"] == "export_stage"]
+    first, last = kinds.index("export_stage"), len(kinds) - 1 - kinds[::-1].index("export_stage")
+    assert "progress" not in kinds[first:] and kinds[last + 1] == "exported", kinds
+    names = list(dict.fromkeys(e["stage"] for e in stages))
+    assert names[:2] == ["load", "sample"] and names[-1] == "write" and "bake" in names, names
+    assert all(e["fraction"] is None or 0.0 <= e["fraction"] <= 1.0 for e in stages)
+
+
 @pytest.mark.e2e
 def test_generate_with_export_then_export_again(server: Server):
     client = server.client()
@@ -61,8 +72,20 @@ def test_generate_with_export_then_export_again(server: Server):
     assert reply["event"] == "queued" and reply["position"] == 0
     job = reply["job"]
     events = client.events(job)
-    kinds = [e["event"] for e in events]
+    kinds = [e["event"] for e in events if e["event"] not in ("loading", "export_stage")]  # checked below
     assert kinds == ["started"] + ["progress"] * 4 + ["preview", "exported", "done"], kinds
+    started = {k: events[0][k] for k in ("kind", "device", "model", "preset", "steps", "resolution", "run")}
+    assert started == {
+        "kind": "generate",
+        "device": "cpu",
+        "model": "tiny",
+        "preset": "test",
+        "steps": 4,
+        "resolution": 32,
+        "run": str(server.jobs_dir / job),
+    }
+    assert events[0]["estimate"] == "about a few seconds"  # catalog.estimate: 4 steps × 0.86 s measured
+    _check_export_stages(events)
     assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2, 3, 4]
     assert all(e["total"] == 4 and e["loss"] > 0 for e in events if e["event"] == "progress")
     exported = events[-2]["files"]
@@ -72,8 +95,10 @@ def test_generate_with_export_then_export_again(server: Server):
     reply = client.ask({"type": "export", "job": job, "resolution": 32, "texture_size": 64, "format": "obj"})
     assert reply["event"] == "queued"
     events = client.events(job)
-    assert [e["event"] for e in events] == ["started", "exported", "done"]
-    assert Path(events[1]["files"]["mesh"]).suffix == ".obj"
+    assert [e["event"] for e in events if e["event"] != "export_stage"] == ["started", "exported", "done"]
+    assert events[0]["kind"] == "export" and events[0]["steps"] is None and events[0]["estimate"] is None
+    _check_export_stages(events)
+    assert Path(events[-2]["files"]["mesh"]).suffix == ".obj"
     listed = {j["job"]: j for j in client.ask({"type": "list_jobs"})["jobs"]}
     assert listed[job]["status"] == "done" and listed[job]["step"] == 4 and listed[job]["prompt"] == "a red apple"
     client.close()
@@ -231,7 +256,10 @@ def test_kill_restart_continue(tmp_path: Path):
         assert reply["event"] == "queued"
         events = client.events(job)
         assert events[-1] == {"event": "done", "job": job, "step": 8}
-        assert events[1]["event"] == "progress" and events[1]["step"] == listed["step"] + 1
+        kinds = [e["event"] for e in events]
+        assert kinds[:2] == ["started", "loading"]  # a fresh server loads the model first
+        first_step = next(e for e in events if e["event"] == "progress")
+        assert first_step["step"] == listed["step"] + 1
         assert json.loads((jobs / job / "state.json").read_text())["status"] == "done"
     finally:
         second.stop()

@@ -78,9 +78,9 @@ def test_a_job_ends_once_even_when_its_failure_cannot_be_written(tmp_path: Path,
     manager = _manager(tmp_path, emit, outcome=failure)
     original_run = manager._run_task
 
-    def run_task(task):
+    def run_task(task, events):
         gate.wait(30)
-        return original_run(task)
+        return original_run(task, events)
 
     monkeypatch.setattr(manager, "_run_task", run_task)
     job = _generate(manager)
@@ -98,7 +98,7 @@ def test_a_job_ends_once_even_when_its_failure_cannot_be_written(tmp_path: Path,
         manager.cancel(job)
     monkeypatch.setattr(jobs_module.run_dir, "atomic_write", real_write)
     # The worker survived: the next job runs and ends.
-    monkeypatch.setattr(manager, "_run_task", lambda task: "done")
+    monkeypatch.setattr(manager, "_run_task", lambda task, events: "done")
     second = _generate(manager)
     assert emit.ended.acquire(timeout=30)
     assert [e["event"] for e in emit.terminal(second)] == ["done"]
@@ -242,7 +242,7 @@ def test_the_queue_is_bounded(tmp_path: Path, monkeypatch) -> None:
     emit = Recorder()
     gate = threading.Event()
     manager = _manager(tmp_path, emit)
-    monkeypatch.setattr(manager, "_run_task", lambda task: gate.wait(30) and "done")
+    monkeypatch.setattr(manager, "_run_task", lambda task, events: gate.wait(30) and "done")
     _generate(manager)
     for _ in range(300):  # until the worker holds the first job
         if manager.snapshot()[1] is not None:

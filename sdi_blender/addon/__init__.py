@@ -10,9 +10,16 @@ from __future__ import annotations
 
 
 def _classes() -> tuple:
-    from . import operators, panel, preferences, properties
+    from . import operators, panel, preferences, properties, workflow_ops, workflow_panel
 
-    return preferences.CLASSES + properties.CLASSES + operators.CLASSES + panel.CLASSES
+    return (
+        preferences.CLASSES
+        + properties.CLASSES
+        + operators.CLASSES
+        + workflow_ops.CLASSES
+        + panel.CLASSES
+        + workflow_panel.CLASSES
+    )
 
 
 def register() -> None:

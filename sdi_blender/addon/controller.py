@@ -22,6 +22,12 @@ from typing import Any
 
 from ..client import Client, LocalServer, ServerError
 from ..protocol import error_event, malformed
+from .wording import blender_hint
+
+SILENT_SERVER_S = 600.0
+"""Background-mode operators wait for their job as long as it needs, but give up on a server
+that has sent nothing for this long (seconds): a hung remote, or a stuck load. Every training
+step, download chunk and export stage is news, so a healthy job is never this quiet."""
 
 _NO_PYTHON_HINT = (
     "set 'Server Python' in Edit > Preferences > Add-ons > SDI to the Python of the "
@@ -52,7 +58,8 @@ class JobView:
     """The followed job as the panel shows it."""
 
     purpose: str
-    """"generate", "continue", "reexport" or "import": what to do with its mesh when done."""
+    """"generate", "continue", "reexport", "import", "from_selected", "texture" or "variation":
+    what to do with its mesh when done."""
     prompt: str = ""
     target: str = ""
     """Name of the object whose mesh a continue/reexport replaces."""
@@ -64,6 +71,21 @@ class JobView:
     preview_step: int = -1
     files: dict[str, str] = field(default_factory=dict)
     cancelling: bool = False
+    started: dict[str, Any] = field(default_factory=dict)
+    """The started event's fields (device, model, preset, steps, resolution, run, estimate)."""
+    phase: str = ""
+    """What the job does now: "loading", "download", "train" or "export" ("" before it starts)."""
+    model: str = ""
+    download: tuple[str, int, int | None] | None = None
+    """(file, bytes done, bytes in all) of the file downloading."""
+    bytes_at: float = 0.0
+    """``time.monotonic()`` when the download last advanced (a stall is measured from it)."""
+    stage: str = ""
+    stage_fraction: float | None = None
+    proxy: dict[str, Any] | None = None
+    """The latest proxy_mesh event not shown yet (the runtime takes it)."""
+    placement: dict[str, Any] | None = None
+    """The exported event's placement (a run started from a mesh): back into that mesh's frame."""
 
 
 @dataclass
@@ -88,6 +110,12 @@ class Controller:
         self.jobs: list[dict[str, Any]] = []
         """The last ``list_jobs`` answer (the history list)."""
         self.device = ""
+        self.free_gb: float | None = None
+        """GPU memory the server can use for a job (its status: free plus its own cache); None off a GPU."""
+        self.last_error: tuple[str, str] | None = None
+        """(message, hint) of the last failed job, kept for the panel until dismissed."""
+        self.last_news = time.monotonic()
+        """When poll() last drained a message: how long the server has been silent."""
         self._server: LocalServer | None = None
         self._client: Client | None = None
         self._settings: ServerSettings | None = None
@@ -126,22 +154,43 @@ class Controller:
         """Follow a new job: connect if needed, then send the generate/continue/export request."""
         if self.job is not None:
             raise RuntimeError("a job is already running; cancel it first")
-        self.job = view
+        self.job, self.last_news = view, time.monotonic()
         self._commands.put((lambda: self._request_job(settings, kind, fields), True))
 
-    def cancel(self) -> None:
+    def cancel(self, keep: bool = False) -> None:
+        """Stop the followed job; ``keep``: stop training and import what it has."""
         if self.job is not None and not self.job.cancelling:
             self.job.cancelling = True
             job = self.job.job
-            self._commands.put((lambda: self._cancel(job), False))
+            self._commands.put((lambda: self._cancel(job, keep), False))
+
+    def request(self, settings: ServerSettings, kind: str, **fields: Any) -> None:
+        """A request that is no job (e.g. delete_job), in the background; a failure is a notice."""
+        self._commands.put((lambda: self._connect(settings).request(kind, **fields), False))
+
+    def abandon(self, why: str) -> Outcome | None:
+        """Stop following the job (asking the server to cancel it): the caller gave up on it."""
+        view = self.job
+        if view is None:
+            return None
+        self.cancel()
+        self.job = None
+        outcome = Outcome(view, "error", why, "the job may still run on the server: see the Jobs list")
+        self.last_error = (outcome.message, outcome.hint)
+        return outcome
+
+    def dismiss_error(self) -> None:
+        self.last_error = None
 
     def refresh_jobs(self, settings: ServerSettings) -> None:
         self._commands.put((lambda: self._list_jobs(settings), False))
 
     def poll(self) -> Outcome | None:
         """Apply everything that arrived; return the followed job's outcome once it ends."""
-        outcome = None
-        for message in self._drain():
+        outcome, messages = None, self._drain()
+        if messages:
+            self.last_news = time.monotonic()
+        for message in messages:
             why = malformed(message)
             if why is not None:  # a broken event must not cost the rest of the burst
                 self.notices.append(f"ignored a malformed server event: {why}")
@@ -154,6 +203,8 @@ class Controller:
             self.job = None
             if self.state == "busy":
                 self.state = "ready"
+            if outcome.status == "error":
+                self.last_error = (outcome.message, outcome.hint)
         return outcome
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -195,17 +246,36 @@ class Controller:
             return None  # another job's event (a second client's)
         if kind == "queued":
             view.job, self.state = msg["job"], "busy"
+        elif kind == "started":
+            view.started = {k: v for k, v in msg.items() if k not in ("event", "job")}
+        elif kind == "loading":
+            view.phase, view.model = "loading", msg["model"]
+        elif kind == "download":
+            self._download(view, msg)
+        elif kind == "export_stage":
+            view.phase, view.stage, view.stage_fraction = "export", msg["stage"], msg["fraction"]
         elif kind == "progress":
+            view.phase = "train"
             view.step, view.total, view.eta_s = msg["step"], msg["total"], msg.get("eta_s")
         elif kind == "preview":
             view.preview, view.preview_step = base64.b64decode(msg["png"]), msg["step"]
         elif kind == "exported":
-            view.files = msg["files"]
+            view.files, view.placement = msg["files"], msg.get("placement")
+        elif kind == "proxy_mesh":
+            view.proxy = msg
         elif kind in ("done", "cancelled"):
             return Outcome(view, kind)
         elif kind == "error":
-            return Outcome(view, "error", msg.get("message", "the server failed"), msg.get("hint", ""))
+            hint = blender_hint(str(msg.get("code")), str(msg.get("reason") or ""), str(msg.get("hint", "")))
+            return Outcome(view, "error", msg.get("message", "the server failed"), hint)
         return None
+
+    @staticmethod
+    def _download(view: JobView, msg: dict[str, Any]) -> None:
+        file, done, total = msg["file"], int(msg["done"]), msg["total"]
+        if view.download is None or view.download[0] != file or done > view.download[1]:
+            view.bytes_at = time.monotonic()  # a stall is time without new bytes, not without events
+        view.phase, view.model, view.download = "download", msg["model"], (file, done, total)
 
     def _lost_connection(self, view: JobView | None, msg: dict[str, Any]) -> Outcome | None:
         message, hint = self._lost_server(msg.get("message", ""))
@@ -232,13 +302,14 @@ class Controller:
                 command()
             except Exception as exc:
                 error = exc if isinstance(exc, ServerError) else ServerError("internal", f"{type(exc).__name__}: {exc}")
+                hint = blender_hint(error.code, error.reason, error.hint)
                 if self._client is None:
-                    self._say_state("error", error.hint or error.message)
+                    self._say_state("error", hint or error.message)
                 # A failed job request ends the followed job; anything else is only reported.
                 self._outbox.put(
-                    error_event(error.code, error.message, error.hint)
+                    error_event(error.code, error.message, error.hint, reason=error.reason)
                     if for_job
-                    else {"event": "notice", "message": str(error)}
+                    else {"event": "notice", "message": f"{error.message}; {hint}" if hint else error.message}
                 )
 
     def _say_state(self, state: str, hint: str = "") -> None:
@@ -263,9 +334,13 @@ class Controller:
                 raise ServerError(exc.code, exc.message, exc.hint or _NO_PYTHON_HINT) from None
             self._client = self._server.connect()
         self._settings = settings
-        self.device = self._client.request("status").get("device", "")
+        self._read_status(self._client)
         self._say_state("ready")
         return self._client
+
+    def _read_status(self, client: Client) -> None:
+        status = client.request("status")
+        self.device, self.free_gb = status.get("device", ""), usable_gb(status.get("memory") or {})
 
     def _alive(self) -> bool:
         return self._server is None or self._server.process.poll() is None
@@ -283,12 +358,14 @@ class Controller:
         self._say_state("busy")
         client.request(kind, **fields)  # its "queued" reply also reaches client.events
 
-    def _cancel(self, job: str) -> None:
+    def _cancel(self, job: str, keep: bool = False) -> None:
         if self._client is not None and job:
-            self._client.request("cancel", job=job)
+            self._client.request("cancel", job=job, **({"keep": True} if keep else {}))
 
     def _list_jobs(self, settings: ServerSettings) -> None:
-        jobs = self._connect(settings).request("list_jobs")["jobs"]
+        client = self._connect(settings)
+        jobs = client.request("list_jobs")["jobs"]
+        self._read_status(client)  # after a job: the memory it left free
         self._outbox.put({"event": "jobs", "jobs": jobs})
 
 
@@ -309,18 +386,32 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def usable_gb(memory: dict[str, Any]) -> float | None:
+    """GPU memory a job could use, in GB: free on the device plus what the server itself holds (its
+    cache, and the loaded model that a preset's figure already counts); None off a GPU (the status
+    reply's ``memory`` has no ``free`` there)."""
+    if "free" not in memory:
+        return None
+    return (memory["free"] + memory.get("reserved", 0)) / 1e9
+
+
 def wait_until(
     controller: Controller,
     done: Callable[[], bool],
     on_outcome: Callable[[Outcome], None] | None = None,
-    timeout: float = 3600.0,
+    silent_s: float = SILENT_SERVER_S,
     interval: float = 0.05,
-) -> None:
-    """Poll until ``done()`` holds (background mode, where timers never fire); a job's
-    outcome goes to ``on_outcome``."""
-    deadline = time.monotonic() + timeout
-    while not done() and time.monotonic() < deadline:
+) -> bool:
+    """Poll until ``done()`` holds (background mode, where timers never fire); a job's outcome goes
+    to ``on_outcome``. However long the job takes, this waits while the server sends news; it
+    returns False (done() still false) once the server has been silent for ``silent_s`` seconds.
+    A server that dies ends the job through poll() (its connection drops)."""
+    since = time.monotonic()
+    while not done():
         outcome = controller.poll()
         if outcome is not None and on_outcome is not None:
             on_outcome(outcome)
+        if time.monotonic() - max(since, controller.last_news) > silent_s and not done():
+            return False
         time.sleep(interval)
+    return True

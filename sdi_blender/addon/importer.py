@@ -34,7 +34,7 @@ def object_name(prompt: str) -> str:
 
 def import_glb(context: bpy.types.Context, path: Path, name: str, job: str) -> bpy.types.Object:
     """Import ``path`` as one selected, active object at the 3D cursor."""
-    with _undo_on_failure():
+    with undo_on_failure():
         obj = _load(path)
         _finish(obj, name, job)
         obj.location = context.scene.cursor.location
@@ -49,7 +49,7 @@ def replace_mesh(obj: bpy.types.Object, path: Path, job: str) -> None:
     """Give ``obj`` the GLB's mesh and material; its transform, modifiers and selection stay."""
     layer = bpy.context.view_layer
     active, selected = layer.objects.active, [o for o in layer.objects if o.select_get()]
-    with _undo_on_failure():
+    with undo_on_failure():
         new = _load(path)
         _finish(new, obj.name, job)
         mesh = new.data
@@ -118,7 +118,7 @@ def _remove_mesh(mesh: bpy.types.Mesh) -> None:
 
 
 @contextlib.contextmanager
-def _undo_on_failure() -> Iterator[None]:
+def undo_on_failure() -> Iterator[None]:
     """Remove every datablock created inside the block if it raises."""
     before = {kind: set(getattr(bpy.data, kind)) for kind in _DATA}
     try:

@@ -9,6 +9,7 @@ mode (scripts, tests) they run synchronously and report how the job ended.
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,13 +19,13 @@ import bpy
 
 from ..catalog import CONFIG, mesh_file
 from . import controller as ctl
-from . import importer, preferences, runtime
+from . import importer, preferences, runtime, wording
 from .properties import JOB_KEY, PRESETS
 
 _PRESET_IDS = [p[0] for p in PRESETS]
 
 
-def _submit(op: bpy.types.Operator, view: ctl.JobView, kind: str, **fields: Any) -> set[str]:
+def submit(op: bpy.types.Operator, view: ctl.JobView, kind: str, **fields: Any) -> set[str]:
     """Send a job; report its start, or (background mode) how it ended."""
     try:
         report = runtime.submit(view, kind, **fields)
@@ -37,6 +38,12 @@ def _submit(op: bpy.types.Operator, view: ctl.JobView, kind: str, **fields: Any)
     level, message = report
     op.report({level}, message)
     return {"FINISHED"} if level == "INFO" else {"CANCELLED"}
+
+
+def downloads_allowed() -> bool:
+    """Blender's Allow Online Access (Preferences ▸ System ▸ Network): off, the server may load
+    the model from local files only, and downloads nothing."""
+    return bool(getattr(bpy.app, "online_access", True))
 
 
 def _job_object(context: bpy.types.Context) -> bpy.types.Object | None:
@@ -57,19 +64,34 @@ class SDI_OT_generate(bpy.types.Operator):
         return not runtime.controller().running
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        fields = context.scene.sdi.train_fields()
-        fields["prompt"] = self.prompt.strip() or fields["prompt"]
-        fields["preset"] = self.preset or fields["preset"]
-        if not fields["prompt"]:
-            self.report({"ERROR"}, "SDI: write a prompt first")
+        fields = generate_fields(self, context, self.prompt, self.preset, self.model)
+        if fields is None:
             return {"CANCELLED"}
-        if fields["preset"] not in _PRESET_IDS:
-            self.report({"ERROR"}, f"SDI: unknown preset '{self.preset}' (one of {', '.join(_PRESET_IDS)})")
-            return {"CANCELLED"}
-        if self.model.strip():
-            fields["model"] = self.model.strip()
-        fields["export"] = context.scene.sdi.export_fields()
-        return _submit(self, ctl.JobView("generate", prompt=fields["prompt"]), "generate", **fields)
+        return submit(self, ctl.JobView("generate", prompt=fields["prompt"]), "generate", **fields)
+
+
+def generate_fields(
+    op: bpy.types.Operator, context: bpy.types.Context, prompt: str = "", preset: str = "", model: str = ""
+) -> dict[str, Any] | None:
+    """A generate request from the panel (``prompt``, ``preset``, ``model``: "" for the panel's and
+    the preferences'), or None after reporting what is missing."""
+    fields = context.scene.sdi.train_fields()
+    fields["prompt"] = prompt.strip() or fields["prompt"]
+    fields["preset"] = preset or fields["preset"]
+    if not fields["prompt"]:
+        op.report({"ERROR"}, "SDI: write a prompt first")
+        return None
+    if fields["preset"] not in _PRESET_IDS:
+        op.report({"ERROR"}, f"SDI: unknown preset '{preset}' (one of {', '.join(_PRESET_IDS)})")
+        return None
+    if model.strip():
+        fields["model"] = model.strip()
+    elif not preferences.server_settings(context).model:
+        op.report({"ERROR"}, f"SDI: choose the model folder (Model: Local folder) in {wording.PREFERENCES}")
+        return None
+    fields["export"] = context.scene.sdi.export_fields()
+    fields["allow_downloads"] = downloads_allowed()
+    return fields
 
 
 class SDI_OT_continue_job(bpy.types.Operator):
@@ -90,12 +112,13 @@ class SDI_OT_continue_job(bpy.types.Operator):
             "job": obj[JOB_KEY],
             "steps": self.steps or settings.continue_steps,
             "export": settings.export_fields(),
+            "allow_downloads": downloads_allowed(),
         }
         prompt = self.prompt.strip() or settings.continue_prompt.strip()
         if prompt:
             fields["prompt"] = prompt
         view = ctl.JobView("continue", prompt=prompt or obj.name, target=obj.name)
-        return _submit(self, view, "continue", **fields)
+        return submit(self, view, "continue", **fields)
 
 
 class SDI_OT_reexport(bpy.types.Operator):
@@ -111,7 +134,7 @@ class SDI_OT_reexport(bpy.types.Operator):
         obj = _job_object(context)
         assert obj is not None  # poll checked it
         view = ctl.JobView("reexport", prompt=obj.name, target=obj.name)
-        return _submit(self, view, "export", job=obj[JOB_KEY], **context.scene.sdi.export_fields())
+        return submit(self, view, "export", job=obj[JOB_KEY], **context.scene.sdi.export_fields())
 
 
 class SDI_OT_cancel(bpy.types.Operator):
@@ -139,7 +162,7 @@ class SDI_OT_server_start(bpy.types.Operator):
         if not runtime.synchronous():
             runtime.ensure_timer()
             return {"FINISHED"}
-        ctl.wait_until(c, lambda: c.state in ("ready", "error"), timeout=300.0)
+        ctl.wait_until(c, lambda: c.state in ("ready", "error"))
         if c.state != "ready":
             self.report({"ERROR"}, f"SDI: {c.hint or 'the server did not start'}")
             return {"CANCELLED"}
@@ -167,7 +190,7 @@ class SDI_OT_refresh_jobs(bpy.types.Operator):
         before = c.jobs
         c.refresh_jobs(preferences.server_settings(context))
         if runtime.synchronous():
-            ctl.wait_until(c, lambda: c.jobs is not before or bool(c.notices), timeout=300.0)
+            ctl.wait_until(c, lambda: c.jobs is not before or bool(c.notices))
             runtime.fill_history(context.scene)
         else:
             runtime.ensure_timer()
@@ -189,7 +212,7 @@ class SDI_OT_import_job(bpy.types.Operator):
         view = ctl.JobView("import", prompt=item.prompt, job=item.job)
         if glb.is_file():
             return _import(self, view, glb)
-        return _submit(self, view, "export", job=item.job, **context.scene.sdi.export_fields())
+        return submit(self, view, "export", job=item.job, **context.scene.sdi.export_fields())
 
 
 class SDI_OT_import_run(bpy.types.Operator):
@@ -257,6 +280,37 @@ def _checked(proc: subprocess.Popen, log: Any, python: str) -> runtime.Report:
     return "ERROR", f"SDI: {python} cannot import the server: {lines[-1] if lines else proc.returncode}"
 
 
+class SDI_OT_random_seed(bpy.types.Operator):
+    """Pick a random seed: another take on the same prompt"""
+
+    bl_idname, bl_label, bl_options = "sdi.random_seed", "Random Seed", {"UNDO"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        context.scene.sdi.seed = random.randrange(2**31 - 1)
+        return {"FINISHED"}
+
+
+class SDI_OT_use_preset(bpy.types.Operator):
+    """Choose this Quality, which fits the server's free GPU memory"""
+
+    bl_idname, bl_label, bl_options = "sdi.use_preset", "Use Quality", {"UNDO", "INTERNAL"}
+    preset: bpy.props.EnumProperty(items=PRESETS)
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        context.scene.sdi.preset = self.preset
+        return {"FINISHED"}
+
+
+class SDI_OT_dismiss_error(bpy.types.Operator):
+    """Clear the last error from the panel"""
+
+    bl_idname, bl_label, bl_options = "sdi.dismiss_error", "Dismiss", {"INTERNAL"}
+
+    def execute(self, context: bpy.types.Context) -> set[str]:
+        runtime.controller().dismiss_error()
+        return {"FINISHED"}
+
+
 class SDI_OT_notify(bpy.types.Operator):
     """Show a message from the server as a Blender report"""
 
@@ -280,5 +334,8 @@ CLASSES = (
     SDI_OT_import_job,
     SDI_OT_import_run,
     SDI_OT_check_python,
+    SDI_OT_random_seed,
+    SDI_OT_use_preset,
+    SDI_OT_dismiss_error,
     SDI_OT_notify,
 )

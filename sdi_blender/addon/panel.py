@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import bpy
 
-from . import runtime
+from . import preferences, runtime, wording
 from .controller import Controller
 from .properties import JOB_KEY
 
@@ -30,31 +32,78 @@ class SDI_PT_main(_SDIPanel, bpy.types.Panel):
         layout, settings, c = self.layout, context.scene.sdi, runtime.controller()
         col = layout.column()
         col.enabled = not c.running
-        col.prop(settings, "prompt", text="")
-        col.prop(settings, "negative_prompt")
+        col.label(text="Prompt")
+        col.prop(settings, "prompt", text="", placeholder="a ripe strawberry")
+        col.label(text="Negative Prompt")
+        col.prop(settings, "negative_prompt", text="", placeholder="optional: blurry, flat")
         col.row().prop(settings, "method", expand=True)
         col.prop(settings, "preset")
-        col.prop(settings, "seed")
+        _draw_preset_advice(col, c, settings.preset)
+        row = col.row(align=True)
+        row.prop(settings, "seed")
+        row.operator("sdi.random_seed", text="", icon="FILE_REFRESH")
         if c.running:
-            _draw_job(layout, c)
+            _draw_job(layout, c, preferences.get(context).stall_seconds)
         else:
             layout.operator("sdi.generate", icon="PLAY")
+        _draw_error(layout, c, _text_width(context))
         _draw_server(layout, c)
 
 
-def _draw_job(layout: bpy.types.UILayout, c: Controller) -> None:
+def _draw_preset_advice(layout: bpy.types.UILayout, c: Controller, preset: str) -> None:
+    """Under Quality, when the server's GPU has too little free memory for it (catalog's figures)."""
+    advice, better = wording.preset_advice(c.free_gb, preset)
+    if not advice:
+        return
+    row = layout.row()
+    row.alert = True
+    row.label(text=advice, icon="ERROR")
+    if better is not None:
+        row.operator("sdi.use_preset", text="Use").preset = better
+
+
+def _draw_job(layout: bpy.types.UILayout, c: Controller, stall_s: float) -> None:
     view = c.job
     assert view is not None  # drawn only while a job runs
-    if view.total:
-        eta = f", {_duration(view.eta_s)} left" if view.eta_s is not None else ""
-        layout.progress(factor=view.step / view.total, type="BAR", text=f"Step {view.step} / {view.total}{eta}")
+    if view.started:
+        layout.label(text=wording.start_line(view.started), icon="TIME")
+    line = wording.job_status(view, stall_s)
+    row = layout.row()
+    row.alert = line.alert
+    if line.fraction is not None:
+        row.progress(factor=line.fraction, type="BAR", text=line.text)
     else:
-        layout.label(text="Exporting…" if view.purpose in ("reexport", "import") else "Starting…", icon="SORTTIME")
+        row.label(text=line.text, icon="ERROR" if line.alert else "SORTTIME")
     if runtime.preview_icon():
         layout.template_icon(icon_value=runtime.preview_icon(), scale=8.0)
-    row = layout.row()
+    row = layout.row(align=True)
     row.enabled = not view.cancelling
     row.operator("sdi.cancel", icon="CANCEL", text="Cancelling…" if view.cancelling else "Cancel")
+    if view.purpose in ("generate", "continue", "from_selected", "promote"):
+        row.operator("sdi.stop_keep", icon="CHECKMARK")
+
+
+def _draw_error(layout: bpy.types.UILayout, c: Controller, width: int) -> None:
+    """The last error, wrapped to the sidebar's width, until its X clears it."""
+    if c.last_error is None:
+        return
+    message, hint = c.last_error
+    box = layout.box()
+    row = box.row()
+    row.alert = True
+    row.label(text="Last error", icon="ERROR")
+    row.operator("sdi.dismiss_error", text="", icon="X", emboss=False)
+    col = box.column(align=True)
+    for line in textwrap.wrap(message, width) + textwrap.wrap(hint, width):
+        col.label(text=line)
+
+
+def _text_width(context: bpy.types.Context) -> int:
+    """Characters that fit on a line of the sidebar (a guess from its pixel width; 40 without one)."""
+    region = getattr(context, "region", None)
+    if region is None or region.width <= 1:
+        return 40
+    return max(16, int(region.width / (7.0 * context.preferences.system.ui_scale)))
 
 
 def _draw_server(layout: bpy.types.UILayout, c: Controller) -> None:
@@ -63,16 +112,11 @@ def _draw_server(layout: bpy.types.UILayout, c: Controller) -> None:
     text = f"Server: {c.state}" + (f" ({c.device})" if c.device and c.state in ("ready", "busy") else "")
     row.label(text=text, icon=_STATE_ICONS[c.state])
     if c.state in ("stopped", "error"):
-        row.operator("sdi.server_start", text="", icon="PLAY")
+        row.operator("sdi.server_start", text="Start", icon="PLAY")
     else:
-        row.operator("sdi.server_stop", text="", icon="SNAP_FACE")
+        row.operator("sdi.server_stop", text="Stop", icon="SNAP_FACE")
     if c.state == "error" and c.hint:
         box.label(text=c.hint, icon="INFO")
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m {secs:02d}s"
 
 
 class SDI_PT_advanced(_SDIPanel, bpy.types.Panel):
@@ -83,8 +127,14 @@ class SDI_PT_advanced(_SDIPanel, bpy.types.Panel):
     def draw(self, context: bpy.types.Context) -> None:
         layout, settings = self.layout, context.scene.sdi
         layout.use_property_split = True
-        for name in ("steps", "resolution", "guidance_scale", "mesh_resolution", "texture_size", "faces"):
-            layout.prop(settings, name)
+        for heading, names in (
+            ("Optimisation", ("steps", "resolution", "guidance_scale")),
+            ("Mesh", ("mesh_resolution", "texture_size", "faces")),
+        ):
+            col = layout.column(align=True)
+            col.label(text=heading)
+            for name in names:
+                col.prop(settings, name)
 
 
 class SDI_PT_refine(_SDIPanel, bpy.types.Panel):

@@ -27,21 +27,43 @@ class SDIJobItem(bpy.types.PropertyGroup):
     step: bpy.props.IntProperty(name="Step")
 
 
+class SDIVariation(bpy.types.PropertyGroup):
+    """One finished variation: its job (kept on the server for Promote) and seed."""
+
+    job: bpy.props.StringProperty(name="Job")
+    prompt: bpy.props.StringProperty(name="Prompt")
+    seed: bpy.props.IntProperty(name="Seed")
+    step: bpy.props.IntProperty(name="Step")
+
+
 class SDISettings(bpy.types.PropertyGroup):
     """The panel's fields; 0 in an Advanced number means "the preset's value"."""
 
-    prompt: bpy.props.StringProperty(name="Prompt", description="What the object should be")
-    negative_prompt: bpy.props.StringProperty(name="Negative", description="What it should not look like")
+    prompt: bpy.props.StringProperty(name="Prompt", description="What the object should be, in a few words")
+    negative_prompt: bpy.props.StringProperty(
+        name="Negative Prompt", description="What it should not look like (optional)"
+    )
     method: bpy.props.EnumProperty(
         name="Method",
         default=catalog.DEFAULT_METHOD,
         items=[(m, m.upper(), what) for m, what in catalog.METHODS.items()],
+        description="How the 2D model's judgement of each render steers the object",
     )
-    preset: bpy.props.EnumProperty(name="Quality", items=PRESETS, default="draft")
-    seed: bpy.props.IntProperty(name="Seed", default=0, min=0)
+    preset: bpy.props.EnumProperty(
+        name="Quality",
+        items=PRESETS,
+        default="draft",
+        description="How long the object is refined and at what render size: longer is sharper",
+    )
+    seed: bpy.props.IntProperty(
+        name="Seed",
+        default=0,
+        min=0,
+        description="The same seed and settings make the same object; another seed, another take",
+    )
     steps: bpy.props.IntProperty(name="Steps", default=0, min=0, description="0: the preset's")
     resolution: bpy.props.IntProperty(
-        name="Resolution",
+        name="Render Size",
         default=0,
         min=0,
         max=1024,
@@ -56,7 +78,11 @@ class SDISettings(bpy.types.PropertyGroup):
         description="Classifier-free guidance; 0: the preset's (the paper's 7.5, or 0 for the toy world)",
     )
     mesh_resolution: bpy.props.IntProperty(
-        name="Mesh Resolution", default=256, min=16, max=1024, description="Marching-cubes grid cells per side"
+        name="Mesh Grid",
+        default=256,
+        min=16,
+        max=1024,
+        description="Cells per side of the grid the surface is extracted on: finer shows more detail",
     )
     texture_size: bpy.props.EnumProperty(name="Texture Size", items=TEXTURE_SIZES, default="1024")
     faces: bpy.props.IntProperty(
@@ -65,6 +91,19 @@ class SDISettings(bpy.types.PropertyGroup):
     continue_steps: bpy.props.IntProperty(name="More Steps", default=1000, min=1)
     continue_prompt: bpy.props.StringProperty(name="New Prompt", description="Empty: keep the prompt")
     history: bpy.props.CollectionProperty(type=SDIJobItem)
+    variations: bpy.props.CollectionProperty(type=SDIVariation)
+    variation_count: bpy.props.IntProperty(
+        name="Variations", default=4, min=1, max=catalog.MAX_VARIATIONS, description="Seeds to try, one job each"
+    )
+    variation_preset: bpy.props.EnumProperty(
+        name="Variation Quality",
+        items=PRESETS,
+        default="draft",
+        description="The cheap preset each variation runs at; Promote continues one to the Quality above",
+    )
+    variation_steps: bpy.props.IntProperty(
+        name="Variation Steps", default=0, min=0, description="Steps of each variation; 0: the preset's"
+    )
     history_index: bpy.props.IntProperty(default=0)
 
     def train_fields(self) -> dict[str, Any]:
@@ -93,7 +132,7 @@ class SDISettings(bpy.types.PropertyGroup):
         return fields
 
 
-CLASSES = (SDIJobItem, SDISettings)
+CLASSES = (SDIJobItem, SDIVariation, SDISettings)
 
 
 def register() -> None:

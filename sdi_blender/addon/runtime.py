@@ -19,7 +19,7 @@ import bpy
 import bpy.utils.previews
 
 from . import controller as ctl
-from . import importer, preferences
+from . import importer, preferences, variations, workflows
 
 _state: dict[str, Any] = {
     "controller": None,
@@ -63,8 +63,11 @@ def submit(view: ctl.JobView, kind: str, **fields: Any) -> Report | None:
         ensure_timer()
         return None
     reports: list[Report] = []
-    ctl.wait_until(c, lambda: not c.running, lambda outcome: reports.append(apply(outcome)))
-    return reports[-1] if reports else ("ERROR", "the job did not end in time")
+    if not ctl.wait_until(c, lambda: not c.running, lambda outcome: reports.append(apply(outcome))):
+        gave_up = c.abandon(f"the server sent nothing for {ctl.SILENT_SERVER_S:.0f} s")
+        if gave_up is not None:
+            reports.append(apply(gave_up))
+    return reports[-1] if reports else ("ERROR", "SDI: the job ended without news")
 
 
 def pump() -> float:
@@ -72,8 +75,10 @@ def pump() -> float:
     c = controller()
     outcome = c.poll()
     _show_preview(c.job)
+    workflows.show_proxy(c.job)
     for message in c.notices:
         notify("ERROR", message)
+        c.last_error = (message, "")  # kept in the panel, as a job's error is
     c.notices.clear()
     if c.jobs is not _state["jobs_shown"]:
         fill_history(bpy.context.scene)
@@ -81,6 +86,7 @@ def pump() -> float:
         notify(*apply(outcome))
         if outcome.status != "error":  # after a crash, do not start a server just for the list
             c.refresh_jobs(preferences.server_settings())
+        variations.submit_next()  # the next seed of a Variations run, if one waits
     _redraw()
     return ACTIVE_INTERVAL if c.running or c.state == "starting" else IDLE_INTERVAL
 
@@ -93,17 +99,20 @@ def ensure_timer() -> None:
 def apply(outcome: ctl.Outcome) -> Report:
     """Act on a finished job: import its mesh, or say why there is none."""
     view = outcome.view
+    workflows.ended(outcome)
     if outcome.status == "cancelled":
         return "WARNING", outcome.message or "SDI: cancelled; the scene is unchanged"
     if outcome.status == "error":
         return "ERROR", f"SDI: {outcome.report()}"
+    if view.purpose == "variation":  # no mesh: its turntable goes into the panel
+        return "INFO", variations.finished(view)
     glb = view.files.get("mesh")  # the exported event's files by kind (server/service/jobs.py)
     if not glb:
         return "ERROR", "SDI: the job ended without a mesh"
     try:
         with _window_context():
             return "INFO", import_result(view, Path(glb))
-    except importer.ImportFailed as exc:
+    except (importer.ImportFailed, OSError, RuntimeError) as exc:  # e.g. a texture Blender cannot read
         return "ERROR", f"SDI: {exc}"
 
 
@@ -111,7 +120,12 @@ def import_result(view: ctl.JobView, glb: Path) -> str:
     target = bpy.data.objects.get(view.target) if view.target else None
     if view.purpose in ("continue", "reexport") and target is not None:
         importer.replace_mesh(target, glb, view.job)
+        workflows.after_replace(target, view)
         return f"SDI: updated '{target.name}'"
+    done = workflows.import_result(view, glb)
+    if done is not None:
+        _undo_push(done)
+        return done
     obj = importer.import_glb(bpy.context, glb, importer.object_name(view.prompt), view.job)
     _undo_push(f"SDI import {obj.name}")
     return f"SDI: imported '{obj.name}'"
@@ -187,6 +201,7 @@ def shutdown() -> None:
     c, _state["controller"] = _state["controller"], None
     if c is not None:
         c.shutdown()
+    variations.shutdown()
     if _state["previews"] is not None:
         bpy.utils.previews.remove(_state["previews"])
         _state["previews"], _state["preview_icon"] = None, 0

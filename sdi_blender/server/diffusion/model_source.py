@@ -16,6 +16,12 @@ from ...errors import UserError
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+class BadModelName(UserError):
+    """A model that is neither a built-in, an existing folder nor a hub id."""
+
+    reason = "model"  # protocol.ERROR_REASONS: a client words its own hint for it
+
+
 def check_model_name(model: str, hint: str = "", builtins: tuple[str, ...] = BUILTIN_MODELS) -> None:
     """Raise :class:`UserError` unless ``model`` is a built-in, an existing directory or a hub id.
 
@@ -25,7 +31,7 @@ def check_model_name(model: str, hint: str = "", builtins: tuple[str, ...] = BUI
         return
     if _HUB_ID.match(model) and not model.startswith("."):
         return
-    raise UserError(
+    raise BadModelName(
         f"model path '{model}' does not exist",
         hint=hint
         or "give a diffusers model directory, a hub id such as "

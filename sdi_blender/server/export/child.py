@@ -21,6 +21,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +30,12 @@ from typing import Any
 from ...errors import UserError
 from ..util.devices import is_out_of_memory
 from ..util.fileio import atomic_write
-from .pipeline import ExportResult, ExportSettings, export_run
+from .pipeline import ExportResult, ExportSettings, ProgressFn, export_run
 
 CLAIM = ".export.claim"
 """The run folder's current export claim: the token of the export allowed to swap its result in."""
+STAGE_EVERY_S = 0.25
+"""Within one export stage, progress goes to the parent at most this often."""
 _PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies (Linux)
 
 _CRASH_HINT = "the server is fine; try another mesh resolution or face budget (see job.log)"
@@ -43,13 +46,13 @@ _OOM_HINT = "lower the mesh resolution or texture size"
 class ExportCrashed(UserError):
     """The export's process died without an answer (e.g. a segfault in a native library)."""
 
-    code = "internal"
+    code, reason = "internal", "export"
 
 
 class ExportFailed(UserError):
     """The export raised an unexpected error; its message names the stage and the cause."""
 
-    code = "internal"
+    code, reason = "internal", "export"
 
 
 class ExportCancelled(Exception):
@@ -67,11 +70,13 @@ def export_in_child(
     cancel: Any,
     export_fn: Callable[..., ExportResult] = export_run,
     poll_s: float = 0.1,
+    on_stage: ProgressFn | None = None,
 ) -> ExportResult:
     """Run ``export_fn(run, settings, device, progress)`` in a fresh process.
 
     ``cancel``: a ``threading.Event``-like flag checked every ``poll_s``; ``export_fn`` must be
-    importable by name (the child unpickles it).
+    importable by name (the child unpickles it). ``on_stage(stage, fraction)`` hears the export's
+    progress in this process: each new stage, and within one at most every :data:`STAGE_EVERY_S`.
     """
     ctx = multiprocessing.get_context("spawn")
     stop = ctx.Event()
@@ -87,20 +92,34 @@ def export_in_child(
     child.start()
     send.close()  # ours: only the child writes, so a dead child reads as EOF
     try:
-        while not receive.poll(poll_s):
-            if cancel.is_set():
-                stop.set()
-            if not child.is_alive() and not receive.poll(0):
-                raise ExportCrashed(f"the export process died ({_how(child.exitcode)})", hint=_CRASH_HINT)
-        kind, payload = receive.recv()
-    except EOFError:
-        child.join()
-        raise ExportCrashed(f"the export process died ({_how(child.exitcode)})", hint=_CRASH_HINT) from None
+        kind, payload = _receive(receive, child, cancel, stop, poll_s, on_stage)
     finally:
         child.join(30)
         if child.is_alive():
             child.kill()
     return _unpack(kind, payload)
+
+
+def _receive(
+    receive: Any, child: Any, cancel: Any, stop: Any, poll_s: float, on_stage: ProgressFn | None
+) -> tuple[str, Any]:
+    """The child's answer, passing its stage messages to ``on_stage`` meanwhile."""
+    try:
+        while True:
+            if not receive.poll(poll_s):
+                if cancel.is_set():
+                    stop.set()
+                if not child.is_alive() and not receive.poll(0):
+                    raise ExportCrashed(f"the export process died ({_how(child.exitcode)})", hint=_CRASH_HINT)
+                continue
+            kind, payload = receive.recv()
+            if kind != "stage":
+                return kind, payload
+            if on_stage is not None:
+                on_stage(*payload)
+    except EOFError:
+        child.join()
+        raise ExportCrashed(f"the export process died ({_how(child.exitcode)})", hint=_CRASH_HINT) from None
 
 
 def _unpack(kind: str, payload: Any) -> ExportResult:
@@ -112,6 +131,8 @@ def _unpack(kind: str, payload: Any) -> ExportResult:
         code, message, hint = payload
         error = UserError(message, hint)
         error.code = code
+        if code == "out_of_memory":
+            error.reason = "export"  # type: ignore[attr-defined]  # protocol.ERROR_REASONS
         raise error
     stage, what, trace = payload
     failure = ExportFailed(f"export failed during {stage}: {what.splitlines()[0]}", hint=_FAILED_HINT)
@@ -136,8 +157,13 @@ def _child(
     _die_with(parent)
 
     current = ["load"]  # the stage running, for the error of an unexpected failure
+    sent = [0.0]  # when the last stage message went to the parent
 
     def progress(stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if stage != current[0] or now - sent[0] >= STAGE_EVERY_S:
+            send.send(("stage", (stage, fraction)))
+            sent[0] = now
         current[0] = stage
         if stop.is_set():
             raise _Stop

@@ -3,7 +3,8 @@
 One thread per connection reads requests (:mod:`sdi_blender.protocol`: JSON lines), and
 one writer thread per connection sends its replies and job events from a bounded queue,
 so a client that stops reading can never block the job worker or other clients; it is
-dropped instead. Jobs run one at a time in :class:`~sdi_blender.server.service.jobs.JobManager`.
+dropped instead. Jobs run one at a time in :class:`~sdi_blender.server.service.jobs.JobManager`,
+or with ``--ray`` in parallel on a Ray cluster's GPUs (:mod:`~sdi_blender.server.service.ray_pool`).
 
 Security: the server listens on loopback unless told otherwise, and every connection
 must first present the token that the server wrote, readable by the user only, to
@@ -285,7 +286,7 @@ class Server(socketserver.ThreadingTCPServer):
             reply = getattr(self, f"_do_{message['type']}")(conn, message)
         except UserError as exc:
             code = exc.code if exc.code in ERROR_CODES else "bad_request"
-            reply = error_event(code, exc.message, exc.hint)
+            reply = error_event(code, exc.message, exc.hint, reason=getattr(exc, "reason", ""))
         except Exception as exc:
             log.exception("request %s failed", message["type"])
             reply = error_event("internal", f"{type(exc).__name__}: {exc}", "see the server's log")
@@ -317,7 +318,8 @@ class Server(socketserver.ThreadingTCPServer):
         return {"event": "ok", **job.summary()}  # where the job is, to catch up from
 
     def _do_cancel(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
-        return {"event": "ok", "job": message["job"], "result": self.manager.cancel(message["job"])}
+        result = self.manager.cancel(message["job"], keep=message.get("keep", False))
+        return {"event": "ok", "job": message["job"], "result": result}
 
     def _do_delete_job(self, conn: Connection, message: dict[str, Any]) -> dict[str, Any]:
         self.manager.delete(message["job"])
@@ -337,7 +339,7 @@ class Server(socketserver.ThreadingTCPServer):
         request = {k: v for k, v in message.items() if k not in ("type", "id")}
         self.manager.submit(message["type"], request, queued)
 
-    _do_generate = _do_continue = _do_export = _submit
+    _do_generate = _do_continue = _do_export = _do_texture = _submit
 
     # -- lifetime -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -351,15 +353,18 @@ class Server(socketserver.ThreadingTCPServer):
 
 
 def memory_info(device: Any) -> dict[str, Any]:
-    """GPU memory on CUDA, else the process's resident memory, in bytes."""
+    """GPU memory on CUDA (``free``: what the driver says is free now, for every process), else
+    the process's resident memory, in bytes."""
     if getattr(device, "type", "") == "cuda":
         import torch
 
+        free, total = torch.cuda.mem_get_info(device)
         return {
             "kind": "cuda",
             "allocated": torch.cuda.memory_allocated(device),
             "reserved": torch.cuda.memory_reserved(device),
-            "total": torch.cuda.get_device_properties(device).total_memory,
+            "free": free,
+            "total": total,
         }
     import psutil
 
@@ -409,9 +414,20 @@ def serve(
     device: str,
     allow_remote: bool,
     model_roots: tuple[Path, ...] = (),
+    ray: str | None = None,
+    ray_cpus: float = 1.0,
 ) -> int:
-    """Run the server until a shutdown request or SIGINT/SIGTERM; returns the exit code."""
+    """Run the server until a shutdown request or SIGINT/SIGTERM; returns the exit code.
+
+    ``ray``: None runs the jobs here, one at a time; ``auto`` or a cluster's address runs them
+    on Ray (:mod:`.ray_pool`), one per GPU, or per ``ray_cpus`` CPUs on a cluster without GPUs."""
     check_host(host, allow_remote)
+    if ray is not None:
+        from ..util.ray_cluster import host_port, ray_module
+
+        ray_module("serve --ray")  # missing: one line, before anything starts
+        if ray != "auto":
+            host_port(ray)
     from ..diffusion.model_source import check_model_name
     from ..util.cache import cache_root
     from ..util.devices import resolve_device
@@ -421,6 +437,8 @@ def serve(
     check_model_name(model)
     dev = resolve_device(device)
     jobs_dir = (jobs_dir or cache_root() / "jobs").expanduser()
+    if ray is not None:
+        jobs_dir = jobs_dir.resolve()  # the actors' working folders are not ours
     token_file = (token_file or jobs_dir / "server.token").expanduser()
     token = secrets.token_urlsafe(32)
     lock = JobsFolderLock(jobs_dir)
@@ -429,17 +447,26 @@ def serve(
     except OSError as exc:
         raise UserError(f"cannot use the jobs folder '{jobs_dir}': {exc.strerror or exc}") from exc
     try:
+        backend, started_ray = _backend(ray, device, ray_cpus)  # a bad address fails here, before listening
+    except BaseException:
+        lock.release()
+        raise
+    try:
         server = Server((host, port), token, dev)
     except OSError as exc:
+        _stop_ray(started_ray)
         lock.release()
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     try:
         _log_to(jobs_dir / "server.log")
         roots = tuple(r.expanduser() for r in model_roots) if allow_remote else None
-        server.manager = JobManager(jobs_dir, server.broadcast, device=dev, model=model, model_roots=roots)
+        server.manager = JobManager(
+            jobs_dir, server.broadcast, device=dev, model=model, model_roots=roots, backend=backend
+        )
         write_token(token_file, token)
     except OSError as exc:
         server.server_close()
+        _stop_ray(started_ray)
         lock.release()
         raise UserError(f"cannot use '{exc.filename or jobs_dir}': {exc.strerror or exc}") from exc
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -463,8 +490,31 @@ def serve(
         server.close_connections()
         server.server_close()
         token_file.unlink(missing_ok=True)
+        _stop_ray(started_ray)
         lock.release()
     return 0
+
+
+def _backend(ray: str | None, device: str, ray_cpus: float) -> tuple[Any, bool]:
+    """The jobs' backend factory (given the manager), and whether Ray was started here."""
+    from .runner import LocalWorker
+
+    if ray is None:
+        return LocalWorker, False
+    from functools import partial
+
+    from ..util.ray_cluster import connect
+    from .ray_pool import NAMESPACE, RayPool
+
+    started = connect(ray, "serve --ray", namespace=NAMESPACE)
+    return partial(RayPool, device=device, cpus=ray_cpus), started
+
+
+def _stop_ray(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
 
 
 DESCRIPTION = (
@@ -496,12 +546,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --allow-remote: a folder whose model folders clients may name (repeatable; "
         "otherwise remote clients get hub ids and built-in models only)",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        metavar="auto|ADDRESS",
+        help="run the jobs in parallel on Ray, one per GPU: auto (or no value): a local Ray, or the cluster "
+        "RAY_ADDRESS names; HOST:PORT: that cluster's head (JOBS_DIR must be a path every node sees)",
+    )
+    p.add_argument(
+        "--ray-cpus",
+        type=float,
+        default=1.0,
+        metavar="N",
+        help="with --ray on a cluster without GPUs (or --device cpu): CPUs per job (default 1)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve with parsed :func:`add_arguments` options."""
     if not 0 <= args.port <= 65535:
         raise UserError(f"port must be between 0 and 65535, got {args.port}")
+    if args.ray_cpus <= 0:
+        raise UserError(f"--ray-cpus must be positive, got {args.ray_cpus}")
     return serve(
         host=args.host,
         port=args.port,
@@ -511,6 +578,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         device=args.device,
         allow_remote=args.allow_remote,
         model_roots=tuple(args.model_root),
+        ray=args.ray,
+        ray_cpus=args.ray_cpus,
     )
 
 
