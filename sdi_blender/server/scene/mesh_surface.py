@@ -75,7 +75,8 @@ class MeshSurface:
         import trimesh
 
         self.mesh = trimesh.Trimesh(vertices, faces, process=False)
-        self._rays = trimesh.ray.ray_triangle.RayMeshIntersector(self.mesh)
+        # Embree (embreex) where it is installed, ~200x faster than trimesh's numpy fallback.
+        self._rays = self.mesh.ray
 
     def cast(self, origins: Tensor, dirs: Tensor) -> SurfaceHits:
         """First hits of rays ``origins``, ``dirs`` [R, 3] (unit directions), on their device."""
