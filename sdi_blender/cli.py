@@ -22,8 +22,11 @@ from .catalog import (
     DEFAULT_PRESET,
     DEVICE_HELP,
     EXPORT_FORMATS,
+    MAX_VARIATIONS,
     METHODS,
     PRESETS,
+    VARIATIONS_SHEET,
+    parse_seeds,
     preset_costs,
 )
 from .errors import UserError, run_command
@@ -85,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distill2d(sub)
     _add_generate(sub)
     _add_export(sub)
+    _add_texture(sub)
     _add_serve(sub)
     _add_eval(sub)
     _add_compare(sub)
+    _add_batch(sub)
     return parser
 
 
@@ -152,7 +157,20 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="steps (with --resume: steps to add)")
     p.add_argument("--resolution", type=int, help="render size in pixels, a multiple of 8")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument(
+        "--seeds",
+        type=_seeds,
+        metavar="0-3|0,2,5",
+        help=f"variations: one run per seed in OUT/seed-N, then OUT/{VARIATIONS_SHEET} (at most {MAX_VARIATIONS})",
+    )
     p.add_argument("--model", help="hub id, local diffusers directory, or 'tiny'")
+    p.add_argument(
+        "--init-mesh",
+        type=Path,
+        metavar="MESH",
+        help="start the density from this closed mesh (GLB, glTF or OBJ: a blockout), centred and "
+        "scaled into the scene (the fit is in config.json) instead of the default blob",
+    )
     p.add_argument("--negative-prompt", help="CFG's unconditional prompt")
     p.add_argument("--guidance-scale", type=float, help="CFG scale (default 7.5)")
     p.add_argument("--batch-size", type=int, help="cameras per step (default 1)")
@@ -194,6 +212,11 @@ def _run_generate(args: argparse.Namespace) -> int:
         "checkpoint_every",
     )
     settings = {k: getattr(args, k) for k in names}
+    if args.init_mesh is not None:
+        from .server.scene.mesh_file import check_mesh_path
+
+        check_mesh_path(args.init_mesh.expanduser())  # before anything is written
+        settings["init_mesh.path"] = str(args.init_mesh.expanduser().resolve())
     req = GenerateRequest(
         out=(args.out or args.resume).expanduser(),
         resume=args.resume is not None,
@@ -207,8 +230,74 @@ def _run_generate(args: argparse.Namespace) -> int:
         from .server.diffusion.model_source import check_model_name
 
         check_model_name(settings["model"])
+    if args.seeds is not None:
+        from .server.commands.generate import run_variations
+
+        if args.seed is not None:
+            raise UserError("give --seed (one run) or --seeds (variations), not both")
+        results = run_variations(req, args.seeds)
+        return 130 if results[-1].status == "cancelled" else 0
     result = run_generate(req)
     return 130 if result.status == "cancelled" else 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return parse_seeds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_texture(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "texture",
+        help="paint a given mesh from a prompt, keeping its geometry",
+        description="Optimise only an albedo on MESH's fixed surface so that its renders match PROMPT "
+        "(SDI or SDS, the trainer's cameras and guidance), then bake it into the mesh's own UVs "
+        "(a new xatlas unwrap if it has none): RUN_DIR/export/mesh.glb and the texture PNG.",
+    )
+    p.add_argument("mesh", type=Path, metavar="MESH", help="a .glb, .gltf or .obj with one mesh (Y-up, front +Z)")
+    p.add_argument("prompt", help="what the texture should show")
+    p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="the run folder (new)")
+    p.add_argument("--preset", choices=tuple(PRESETS), help=PRESET_HELP)
+    p.add_argument("--method", choices=tuple(METHODS), help=f"{' or '.join(METHODS)} (default {DEFAULT_METHOD})")
+    p.add_argument("--steps", type=int, help="steps (default: the preset's)")
+    p.add_argument("--resolution", type=int, help="render size in pixels, a multiple of 8")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--model", help="hub id, local diffusers directory, 'tiny' or 'toyworld'")
+    p.add_argument("--texture-size", type=int, default=1024, help="texture side, a power of two (default 1024)")
+    p.add_argument(
+        "--keep-placement",
+        action="store_true",
+        help="train on the mesh where and as large as it is (metres) instead of centring and scaling it",
+    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.set_defaults(func=_run_texture)
+
+
+def _run_texture(args: argparse.Namespace) -> int:
+    from .server.commands.texture import run_texture
+    from .server.scene.mesh_file import check_mesh_path
+    from .server.training.texture_fit import TextureRequest
+
+    check_mesh_path(args.mesh.expanduser())  # before torch loads
+    if args.model:
+        from .server.diffusion.model_source import check_model_name
+
+        check_model_name(args.model)
+    names = ("method", "steps", "resolution", "seed", "model")
+    req = TextureRequest(
+        mesh=args.mesh.expanduser(),
+        prompt=args.prompt,
+        out=args.out.expanduser(),
+        overwrite=args.overwrite,
+        preset=args.preset,
+        keep_placement=args.keep_placement,
+        settings={k: getattr(args, k) for k in names},
+    )
+    run_texture(req, args.texture_size, args.device)
+    return 0
 
 
 def _threshold(text: str) -> float | None:
@@ -302,11 +391,12 @@ _CLIP_HELP = (
 )
 
 
-def _add_eval_options(p: argparse.ArgumentParser) -> None:
+def _add_eval_options(p: argparse.ArgumentParser, device: bool = True) -> None:
     p.add_argument("--views", type=int, default=8, help="evenly spaced views per run (default 8)")
     p.add_argument("--size", type=int, default=256, help="view size in pixels (default 256)")
     p.add_argument("--clip", help=_CLIP_HELP)
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    if device:
+        p.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -332,14 +422,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     out = (args.out or (runs[0] / "eval" if len(runs) == 1 else Path("eval-report"))).expanduser()
     check_report_dir(out)
     clip = args.clip or DEFAULT_CLIP
-    results = evaluate(
-        runs,
-        clip,
-        args.views,
-        args.size,
-        resolve_device(args.device),
-        progress=lambda i, n, name: print(f"[eval] {i + 1}/{n} {name}", file=sys.stderr),
-    )
+    results = evaluate(runs, clip, args.views, args.size, resolve_device(args.device))
     groups = group_summary(results)
     write_report(results, groups, out, {"clip": clip, "views": args.views, "size": args.size})
     for g in groups:
@@ -396,6 +479,66 @@ def _run_compare(args: argparse.Namespace) -> int:
     )
     print(f"wrote {run_compare(req)}/report.html", file=sys.stderr)
     return 0
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="many prompts and seeds as Ray tasks (a GPU each), then eval",
+        description="Train and export every (prompt, seed) of JOBS as one Ray task, on a local Ray or "
+        "a cluster, then evaluate them all into OUT/report; OUT/batch.json records every run. "
+        "Running it again keeps the finished runs, resumes the interrupted ones and trains the rest.",
+    )
+    p.add_argument(
+        "jobs",
+        type=Path,
+        metavar="JOBS",
+        help="a .txt (one prompt per line, # comments) or a .json list of jobs: "
+        "prompt, and optionally name, seeds, preset, method, model, negative_prompt",
+    )
+    p.add_argument("--seeds", default="0", help="seeds of each job that names none: 0-3, 5 or 0,2,7-9 (default 0)")
+    p.add_argument("--preset", choices=tuple(PRESETS), help=f"quality preset (default {DEFAULT_PRESET})")
+    p.add_argument("--method", choices=tuple(METHODS), help=f"{' or '.join(METHODS)} (default {DEFAULT_METHOD})")
+    p.add_argument("--model", help="hub id, local diffusers directory, 'tiny' or 'toyworld'")
+    p.add_argument("--steps", type=int, help="steps per run (default: the preset's)")
+    p.add_argument("--resolution", type=int, help="render size in pixels (default: the preset's)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: the preset's)")
+    p.add_argument(
+        "--ray",
+        default="auto",
+        metavar="auto|ADDRESS",
+        help="auto (default): a local Ray, or the cluster RAY_ADDRESS names; HOST:PORT: that cluster's head",
+    )
+    p.add_argument("--out", type=Path, help="folder of the runs, batch.json and the report (default batch/<JOBS name>)")
+    p.add_argument("--mesh-resolution", type=int, default=256, help="export's marching-cubes grid (default 256)")
+    p.add_argument("--texture-size", type=int, default=1024, help="export's texture side (default 1024)")
+    p.add_argument(
+        "--device", choices=("auto", "cpu"), default="auto", help="auto: one GPU per task where the cluster has GPUs"
+    )
+    _add_eval_options(p, device=False)
+    p.set_defaults(func=_run_batch)
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from .server.commands.batch import BatchRequest, default_out, run_batch
+    from .server.evaluation.clip_metrics import DEFAULT_CLIP
+    from .server.export.pipeline import ExportSettings
+
+    names = ("method", "model", "steps", "resolution", "checkpoint_every")
+    req = BatchRequest(
+        jobs_file=args.jobs.expanduser(),
+        out=(args.out or default_out(args.jobs)).expanduser(),
+        seeds=args.seeds,
+        preset=args.preset,
+        settings={k: getattr(args, k) for k in names if getattr(args, k) is not None},
+        ray=args.ray,
+        device=args.device,
+        export=ExportSettings(resolution=args.mesh_resolution, texture_size=args.texture_size),
+        clip=args.clip or DEFAULT_CLIP,
+        views=args.views,
+        size=args.size,
+    )
+    return 1 if run_batch(req) else 0
 
 
 def _strip_path(out: Path) -> Path:

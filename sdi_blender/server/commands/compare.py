@@ -3,7 +3,6 @@ through the same trainer, then ``eval`` on all of them (the paper's comparison).
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +14,13 @@ from ..diffusion.interface import Prior
 from ..evaluation.clip_metrics import DEFAULT_CLIP
 from ..evaluation.evaluate import evaluate, group_summary
 from ..evaluation.report import check_report_dir, write_report
-from ..training import run_dir
 from ..training.config import TrainConfig, make_config
 from ..training.plan import GenerateRequest
 from ..training.priors import load_prior
 from ..training.trainer import LossDiverged
 from ..util.devices import resolve_device
 from .generate import run_generate
+from .reuse import KEEP, reuse_action, slug
 
 METHODS = tuple(catalog.METHODS)[::-1]
 """The catalog's methods, the baseline (SDS) first."""
@@ -43,7 +42,7 @@ class CompareRequest:
 
 def default_out(prompt: str) -> Path:
     """compare/<prompt as a folder name>."""
-    return Path("compare") / (re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "prompt")
+    return Path("compare") / slug(prompt)
 
 
 def run_compare(req: CompareRequest) -> Path:
@@ -58,7 +57,7 @@ def run_compare(req: CompareRequest) -> Path:
         run = req.out / f"{method}-seed{seed}"
         runs.append(run)
         header = f"{i}/{len(plan)}: {method.upper()} seed {seed}"
-        if _complete(run) and _same_settings(run, _config(req, method, seed)):
+        if reuse_action(run, _config(req, method, seed)) == KEEP:
             print(f"{header}: done already with these settings, kept ({run})", file=sys.stderr)
             continue
         print(f"{header} → {run}", file=sys.stderr)
@@ -91,20 +90,6 @@ def _config(req: CompareRequest, method: str, seed: int) -> TrainConfig:
 def _settings(req: CompareRequest, method: str, seed: int) -> dict[str, Any]:
     """The training settings of one run of the comparison."""
     return {**req.settings, "method": method, "seed": seed}
-
-
-def _same_settings(run: Path, expected: TrainConfig) -> bool:
-    """Whether ``run`` was trained with ``expected``'s settings (a changed --steps reruns it)."""
-    try:
-        saved = TrainConfig.from_json((run / run_dir.CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UserError):
-        return False
-    return saved.to_json() == expected.to_json()
-
-
-def _complete(run: Path) -> bool:
-    state = run_dir.read_state(run)
-    return state.get("status") in ("done", "failed") and (run / run_dir.CHECKPOINT).is_file()
 
 
 def _train(req: CompareRequest, run: Path, method: str, seed: int, prior: Prior) -> None:
