@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +123,8 @@ def test_unavailable_model_is_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "hf download sdi-test-nonexistent/model" in lines[0]
     assert not any(tmp_path.iterdir())
+    hf = shlex.split(lines[0].split("`")[1])[0]  # the hint's command runs as written
+    assert shutil.which(hf), hf
 
 
 class _no_raise:

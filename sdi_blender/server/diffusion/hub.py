@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import ModelUnavailable
+from ...errors import ModelUnavailable, program
 
 DownloadProgress = Callable[[str, int, "int | None"], None]
 """progress(file in the repository, bytes done, bytes in all or None when unknown)."""
@@ -89,7 +89,7 @@ def unavailable(model_id: str, what: str, alternatives: str = MODEL_ALTERNATIVES
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
     return ModelUnavailable(
         f"model '{model_id}' is not available: {what}" + (" (HF_HUB_OFFLINE is set)" if offline else ""),
-        hint=f"fetch it once on a connected machine with `hf download {model_id}`, or {alternatives}",
+        hint=f"fetch it once on a connected machine with `{program('hf')} download {model_id}`, or {alternatives}",
     )
 
 
