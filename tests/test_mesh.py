@@ -68,7 +68,10 @@ def test_decimation_hits_the_face_budget() -> None:
     stages = [s for i, (s, _) in enumerate(progress) if i == 0 or progress[i - 1][0] != s]
     assert stages == ["sample", "threshold", "marching_cubes", "decimate"]  # no "done" mid-export
     assert sum(s == "sample" for s, _ in progress) > 2  # the long sampling reports as it goes
-    assert [f for _, f in progress] == sorted(f for _, f in progress)
+    for name in stages:  # each stage's own fraction, as the panel's bar shows it: 0 → 1
+        own = [f for s, f in progress if s == name]
+        assert own[0] == 0.0 and own == sorted(own), (name, own)
+    assert [f for s, f in progress if s == "sample"][-1] == 1.0
 
 
 def test_auto_threshold_prefers_the_official_level() -> None:

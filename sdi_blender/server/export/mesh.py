@@ -195,8 +195,8 @@ def build_mesh(
 ) -> tuple[trimesh.Trimesh, dict]:
     """Sample → threshold → marching cubes + cleanup → decimation; the mesh and an info dict.
 
-    ``progress(stage, fraction)`` is called as each stage starts (``fraction`` of the whole job
-    done), and during the density sampling after each chunk. Info keys: ``threshold``, ``threshold_rule``
+    ``progress(stage, fraction)`` is called as each stage starts (``fraction`` of that stage
+    done, so 0), and during the density sampling after each chunk. Info keys: ``threshold``, ``threshold_rule``
     (``"user"``, ``"official"`` or ``"otsu"``), ``vertices``, ``faces``, ``watertight``,
     ``components_dropped`` and ``seconds`` (per stage).
     """
@@ -209,21 +209,21 @@ def build_mesh(
 
     with stage("sample", 0.0):
         grid = sample_density(
-            density_fn, settings.resolution, settings.bounds, device, progress=lambda f: report("sample", 0.6 * f)
+            density_fn, settings.resolution, settings.bounds, device, progress=lambda f: report("sample", f)
         )
 
-    with stage("threshold", 0.6):
+    with stage("threshold", 0.0):
         if settings.threshold is None:
             threshold, rule = auto_threshold(grid)
         else:
             threshold, rule = float(settings.threshold), "user"
 
-    with stage("marching_cubes", 0.65):
+    with stage("marching_cubes", 0.0):
         mesh = extract_mesh(grid, threshold, settings.bounds, settings.min_component_fraction)
         dropped = mesh.metadata["components_dropped"]
 
     if settings.faces:
-        with stage("decimate", 0.85):
+        with stage("decimate", 0.0):
             mesh = decimate(mesh, settings.faces)
 
     _ = mesh.vertex_normals  # computed (and cached) from the final faces

@@ -117,7 +117,7 @@ def export_run(
         np.asarray(mesh.vertices), np.asarray(mesh.faces), albedo_fn(field, dev), settings.texture_size, progress
     )
     t_write = time.perf_counter()
-    progress("write", 0.95)
+    progress("write", 0.0)
     info = {
         "run": str(run),
         "step": step,
