@@ -134,3 +134,14 @@ def test_the_cli_prints_what_the_fallback_changed_above_its_bar(capsys) -> None:
     bar.on_notice(3, "out of memory; retrying the step with render chunk 512")
     bar.bar.close()
     assert "step 3: out of memory; retrying the step with render chunk 512" in capsys.readouterr().err
+
+
+def test_the_server_sends_what_the_fallback_changed_as_a_job_event() -> None:
+    from sdi_blender import protocol
+    from sdi_blender.server.service.events import JobEvents
+
+    sent: list[tuple[str, dict]] = []
+    JobEvents("J1", lambda job, event: sent.append((job, event))).on_notice(7, "render chunk lowered to 512")
+    ((job, event),) = sent
+    assert job == "J1" and protocol.malformed(event) is None
+    assert event == {"event": "notice", "job": "J1", "step": 7, "message": "render chunk lowered to 512"}
