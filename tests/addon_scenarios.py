@@ -262,6 +262,61 @@ def errors(work: Path) -> dict:
     return result
 
 
+@scenario
+def panel(work: Path) -> dict:
+    """The panel in each state a job passes through, drawn without a server (the controller's
+    view is set as its events would set it), and the preferences' model menu."""
+    mod = lambda name: sys.modules[f"{MODULE}.addon.{name}"]  # noqa: E731
+    ctl, prefs_mod = mod("controller"), mod("preferences")
+    prefs, settings, c = (
+        bpy.context.preferences.addons[MODULE].preferences,
+        bpy.context.scene.sdi,
+        runtime().controller(),
+    )
+    result: dict = {"failed": {}, "panels_idle": h.draw_panels()}
+    with step(result, "seed"):
+        settings.seed = 0
+        result["random_seed"] = [run_op(bpy.ops.sdi.random_seed), settings.seed]
+    started = {"kind": "generate", "device": "cpu", "model": "tiny", "preset": "test", "steps": 500}
+    started |= {"resolution": 64, "run": str(work / "jobs" / "J1"), "estimate": "about 7 min"}
+    views = {
+        "loading": dict(phase="loading", model="sdi-test/model"),
+        "download": dict(phase="download", model="m", download=("unet/w.safetensors", 5 * 10**8, 10**9)),
+        "stalled": dict(phase="download", model="m", download=("unet/w.safetensors", 10, 10**9)),
+        "export": dict(phase="export", stage="sample", stage_fraction=0.25, step=500, total=500),
+    }
+    for name, fields in views.items():
+        with step(result, name):
+            view = c.job = ctl.JobView("generate", prompt="x", job="J1", started=started, **fields)
+            view.bytes_at = time.monotonic() - (prefs.stall_seconds + 30 if name == "stalled" else 0)
+            result[f"panels_{name}"] = h.draw_panels()
+    with step(result, "cancel_downloading"):
+        result["cancel_downloading"] = [run_op(bpy.ops.sdi.cancel), c.job.cancelling]
+    c.job = None
+    with step(result, "error_box"):
+        c.last_error = ("model 'a/b' is not on this machine " * 3, "turn on Allow Online Access " * 3)
+        result["panels_error_box"] = h.draw_panels()
+        result["dismiss"] = run_op(bpy.ops.sdi.dismiss_error)
+        result["panels_dismissed"] = h.draw_panels()
+    with step(result, "preset_advice"):
+        c.free_gb, settings.preset = 20.0, "paper"  # as a 24 GB GPU's status reply would say
+        result["panels_preset_advice"] = h.draw_panels()
+        result["use_preset"] = [run_op(bpy.ops.sdi.use_preset, preset="draft"), settings.preset]
+        c.free_gb = None
+    with step(result, "model_menu"):
+        result["model_items"] = [i.identifier for i in prefs.bl_rna.properties["model_choice"].enum_items]
+        result["device_items"] = [i.identifier for i in prefs.bl_rna.properties["device"].enum_items]
+        result["preset_items"] = {i.identifier: i.name for i in settings.bl_rna.properties["preset"].enum_items}
+        migrated = {}
+        for old in ("toyworld", str(work), "some-org/some-model"):  # free text of earlier versions
+            prefs.model = old
+            chosen = prefs_mod.server_settings().model
+            migrated[old] = [chosen, prefs.model_choice, prefs.model_folder, prefs.model]
+        result["migrated"] = migrated
+        result["prefs_drawn"] = h.draw_preferences(prefs)
+    return result
+
+
 def mesh_in_world(obj: Any) -> dict:
     """The object's triangles in Blender world space, relative to its origin, and each vertex's
     colour read from its material's image through its UVs (as a person would see it)."""

@@ -16,7 +16,9 @@ OUTPUT = REPO / "tests" / "output"  # renders for a person to look at (git-ignor
 SCENARIO_TIMEOUT_S = 900  # only so that a hung Blender cannot hang the suite
 
 
-def run_scenario(name: str, addon_zip: Path, work: Path, **env: str) -> dict:
+def run_scenario(name: str, addon_zip: Path, work: Path, script: str = "addon_scenarios.py", **env: str) -> dict:
+    """Run scenario ``name`` of ``script`` (a module of tests/ with a ``SCENARIOS`` table, run as
+    ``python SCRIPT NAME ZIP WORK``) in a Blender process; ``env``: extra environment."""
     OUTPUT.mkdir(exist_ok=True)
     environ = dict(
         os.environ,
@@ -28,7 +30,7 @@ def run_scenario(name: str, addon_zip: Path, work: Path, **env: str) -> dict:
     )
     # In a session of its own, so that a hang is ended with the server Blender started.
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "addon_scenarios.py"), name, str(addon_zip), str(work)],
+        [sys.executable, str(REPO / "tests" / script), name, str(addon_zip), str(work)],
         env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

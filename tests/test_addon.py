@@ -184,6 +184,7 @@ def test_an_interactive_generate_shows_its_progress(cancelled: dict) -> None:
     r = cancelled
     assert r["reply"] == "FINISHED" and r["progressed"] and r["state_busy"] == "busy"
     _assert_panels_drew(r["panels_busy"], "progress", "/ 500", "sdi.cancel", "Server: busy")
+    _assert_panels_drew(r["panels_busy"], "on cpu, 500 steps at 64²")  # the server's start line
 
 
 def test_the_preview_arrives_and_loads(cancelled: dict) -> None:
@@ -270,7 +271,7 @@ BAD_SETUPS = {
     "foreign_python": "No module named",
     "empty_prompt": "write a prompt first",
     "bad_preset": "unknown preset 'ultra'",
-    "bad_model": "no/such-model",
+    "bad_model": "no/such-model",  # a hub id not in the cache: with Online Access off, not downloaded
     "unreachable": "cannot reach the server at 127.0.0.1:{free_port}",
     "wrong_token": "token",
 }
@@ -284,6 +285,14 @@ def test_a_bad_setup_is_an_error_report(errors: dict, case: str) -> None:
 
 def test_no_python_says_where_to_set_it(errors: dict) -> None:
     assert "Preferences" in errors["no_python"]
+
+
+def test_a_model_that_is_not_local_says_how_to_allow_online_access(errors: dict) -> None:
+    # Headless Blender has Online Access off: the job asks for local files only.
+    assert (
+        "downloads are not allowed" in errors["bad_model"] and "Preferences ▸ System ▸ Network" in errors["bad_model"]
+    )
+    assert "--model" not in errors["bad_model"]  # Blender's words, not the command line's
 
 
 def test_check_python_finishes(errors: dict) -> None:
@@ -301,6 +310,84 @@ def test_bad_setups_leave_the_scene_unchanged(errors: dict) -> None:
 def test_the_error_state_draws_in_the_panels_and_preferences(errors: dict) -> None:
     _assert_panels_drew(errors["panels_error"], "Server: error")
     assert ("operator", "sdi.check_python") in [tuple(c) for c in errors["prefs_drawn"]]
+
+
+# --- the panel in each state, without a server -----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def panel(addon_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return run_scenario("panel", addon_zip, tmp_path_factory.mktemp("panel"))
+
+
+def _calls(r: dict, name: str) -> list:
+    """Every draw call of the scenario's step ``name`` (its panels), once it ran without raising."""
+    drawn = _step(r, name)[f"panels_{name}"]
+    return [tuple(call) for calls in drawn.values() for call in calls]
+
+
+def test_the_idle_panel_is_labelled_and_has_a_random_seed(panel: dict) -> None:
+    calls = [tuple(c) for calls in panel["panels_idle"].values() for c in calls]
+    assert {("label", "Prompt"), ("label", "Negative Prompt"), ("operator", "sdi.random_seed")} <= set(calls)
+    assert {("label", "Optimisation"), ("label", "Mesh"), ("operator", "sdi.server_start")} <= set(calls)
+    outcome, seed = _step(panel, "seed")["random_seed"]
+    assert outcome == "FINISHED" and seed != 0
+
+
+def test_the_running_job_shows_its_start_line(panel: dict) -> None:
+    assert ("label", "about 7 min on cpu, 500 steps at 64²") in _calls(panel, "loading")
+
+
+@pytest.mark.parametrize(
+    "state, call",
+    [
+        ("loading", ("label", "Loading the model sdi-test/model…")),
+        ("download", ("progress", "Downloading unet/w.safetensors: 500 / 1,000 MB")),
+        ("export", ("progress", "Exporting: sample")),
+    ],
+)
+def test_each_phase_of_a_job_has_its_status_line(panel: dict, state: str, call: tuple) -> None:
+    calls = _calls(panel, state)
+    assert call in calls and ("operator", "sdi.cancel") in calls
+    assert not any(kind == "progress" and text.startswith("Step") for kind, text in calls)  # not "Step 500 / 500"
+
+
+def test_a_download_without_data_shows_as_stalled(panel: dict) -> None:
+    texts = [text for kind, text in _calls(panel, "stalled") if kind == "progress"]
+    assert any(t.startswith("Download stalled: no data for 9") for t in texts), texts  # 60 s + 30 s
+
+
+def test_cancel_works_while_downloading(panel: dict) -> None:
+    assert _step(panel, "cancel_downloading")["cancel_downloading"] == ["FINISHED", True]
+
+
+def test_the_last_error_stays_in_a_wrapped_box_until_dismissed(panel: dict) -> None:
+    calls = _calls(panel, "error_box")
+    assert ("operator", "sdi.dismiss_error") in calls
+    lines = [text for kind, text in calls if kind == "label" and ("machine" in text or "Online" in text)]
+    assert len(lines) >= 4 and all(len(line) <= 40 for line in lines)  # 40: headless has no region width
+    assert panel["dismiss"] == "FINISHED"
+    assert ("operator", "sdi.dismiss_error") not in _calls(panel, "dismissed")
+
+
+def test_too_little_gpu_memory_suggests_a_preset_that_fits(panel: dict) -> None:
+    calls = _calls(panel, "preset_advice")
+    assert any(kind == "label" and text.endswith("20.0 GB free: try Draft") for kind, text in calls), calls
+    assert ("operator", "sdi.use_preset") in calls and panel["use_preset"] == ["FINISHED", "draft"]
+
+
+def test_the_model_is_a_menu_and_old_free_text_is_migrated(panel: dict) -> None:
+    from sdi_blender import catalog
+
+    r = _step(panel, "model_menu")
+    assert r["model_items"] == [*catalog.MODELS, "LOCAL"] and r["device_items"] == list(catalog.DEVICES)
+    assert r["preset_items"] == {name: p.label for name, p in catalog.PRESETS.items()}
+    folder = next(k for k in r["migrated"] if k.startswith("/"))
+    assert r["migrated"]["toyworld"] == ["toyworld", "toyworld", "", ""]
+    assert r["migrated"][folder] == [folder, "LOCAL", folder, ""]
+    assert r["migrated"]["some-org/some-model"][:2] == ["some-org/some-model", "LOCAL"]
+    drawn = [name for kind, name in r["prefs_drawn"] if kind == "prop"]
+    assert {"model_choice", "model_folder", "stall_seconds"} <= set(drawn) and "model" not in drawn
 
 
 # --- the toy world ---------------------------------------------------------------------------

@@ -51,6 +51,7 @@ def show(event: dict[str, Any], matrix: Matrix) -> bpy.types.Object:
     else:
         old, obj.data = obj.data, mesh
         bpy.data.meshes.remove(old)
+        mesh.name = OBJECT  # made while the old one had the name
     obj.matrix_world = matrix
     _state["updates"] += 1
     _state["step"] = event.get("step", -1)

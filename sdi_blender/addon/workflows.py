@@ -68,6 +68,9 @@ def import_result(view: ctl.JobView, glb: Path) -> str | None:
         return f"SDI: textured '{target.name}'"
     if view.purpose == "from_selected":
         obj = importer.import_glb(bpy.context, glb, importer.object_name(view.prompt), view.job)
+        target = bpy.data.objects.get(view.target)
+        if target is not None:  # the glTF importer's is quaternions: the blockout's, as the artist set it
+            obj.rotation_mode = target.rotation_mode
         obj.matrix_world = result_matrix(view, None)  # the blockout's transform…
         obj.data.transform(_placement_matrix(view.placement))  # …with the mesh back in its frame
         obj.data.update()
