@@ -89,7 +89,7 @@ EVENTS = (
     "preview",
     "proxy_mesh",
     "export_stage",
-    "notice",
+    "warning",
     "exported",
     "done",
     "cancelled",
@@ -105,7 +105,7 @@ JOB_EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "preview": ("step", "png"),
     "proxy_mesh": ("step", "vertices", "faces", "colours"),
     "export_stage": ("stage", "fraction"),
-    "notice": ("step", "message"),  # what a job changed by itself (e.g. less memory after an OOM)
+    "warning": ("step", "message"),  # what a job changed by itself (e.g. less memory after an OOM)
     "exported": ("files", "vertices", "faces"),
     "done": ("step",),
     "cancelled": ("step",),

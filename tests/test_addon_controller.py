@@ -113,6 +113,13 @@ def test_failures_outside_a_job_are_notices(c):
     assert c.notices == ["cannot reach the server"]
 
 
+def test_a_jobs_own_notice_is_a_warning_not_a_failure(c):
+    follow(c)
+    event = {"event": "warning", "job": "J1", "step": 3, "message": "out of memory; retrying with render chunk 512"}
+    assert feed(c, event) is None
+    assert c.job_notes == [event["message"]] and not c.notices and c.running
+
+
 def test_one_job_at_a_time(c):
     follow(c)
     with pytest.raises(RuntimeError, match="already running"):

@@ -144,4 +144,4 @@ def test_the_server_sends_what_the_fallback_changed_as_a_job_event() -> None:
     JobEvents("J1", lambda job, event: sent.append((job, event))).on_notice(7, "render chunk lowered to 512")
     ((job, event),) = sent
     assert job == "J1" and protocol.malformed(event) is None
-    assert event == {"event": "notice", "job": "J1", "step": 7, "message": "render chunk lowered to 512"}
+    assert event == {"event": "warning", "job": "J1", "step": 7, "message": "render chunk lowered to 512"}

@@ -122,6 +122,8 @@ class Controller:
         self._outbox: queue.Queue[dict[str, Any]] = queue.Queue()
         self.notices: list[str] = []
         """Failures outside a job (start, list, cancel), for the main thread to report."""
+        self.job_notes: list[str] = []
+        """What a running job changed by itself, reported as warnings."""
         self._commands: queue.Queue[tuple[Callable[[], Any], bool] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._work, daemon=True, name="sdi-addon")
         self._worker.start()
@@ -233,6 +235,8 @@ class Controller:
             self.jobs = msg["jobs"]
         elif kind == "notice":
             self.notices.append(msg["message"])
+        elif kind == "warning":  # what a job changed by itself (e.g. less memory): news, not a failure
+            self.job_notes.append(msg["message"])
         elif kind == "error" and msg.get("code") == "disconnected":
             return self._lost_connection(view, msg)
         elif kind == "stopped" and view is not None:

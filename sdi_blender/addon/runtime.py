@@ -80,6 +80,9 @@ def pump() -> float:
         notify("ERROR", message)
         c.last_error = (message, "")  # kept in the panel, as a job's error is
     c.notices.clear()
+    for message in c.job_notes:
+        notify("WARNING", message)
+    c.job_notes.clear()
     if c.jobs is not _state["jobs_shown"]:
         fill_history(bpy.context.scene)
     if outcome is not None:

@@ -79,7 +79,7 @@ class JobEvents(TrainerCallbacks):
     # -- the trainer's callbacks ----------------------------------------------------------
     def on_notice(self, step: int, message: str) -> None:
         super().on_notice(step, message)  # the server's log too
-        self.emit(self.job, job_event("notice", self.job, step=step, message=message))
+        self.emit(self.job, job_event("warning", self.job, step=step, message=message))
 
     def on_progress(self, p: Progress) -> None:
         self.on_step(p.step)
