@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("bpy")  # only to skip where bpy is absent; the scenarios import it themselves
 
 # Whole processes: Blender, the server, training and export.
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("blender")]  # one worker: see pyproject.toml
 
 REPO = Path(__file__).resolve().parents[1]
 from scenario_runner import run_scenario  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("bpy")
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("blender")]  # one worker: see pyproject.toml
 
 from scenario_runner import run_scenario  # noqa: E402
 

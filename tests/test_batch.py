@@ -18,6 +18,8 @@ from sdi_blender.server.commands.reuse import KEEP, RESUME, TRAIN, reuse_action
 from sdi_blender.server.training import run_dir
 from sdi_blender.server.training.config import make_config
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker: see pyproject.toml
+
 CRASHED, CRASH_STEP = "ball-seed1", 3
 """The task whose worker the test hook kills at step 3, after its checkpoint at step 2."""
 FAST = [

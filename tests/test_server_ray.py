@@ -15,6 +15,8 @@ from server_harness import TERMINAL, Server
 
 from sdi_blender.cli import main
 
+pytestmark = pytest.mark.xdist_group("ray")  # one worker: see pyproject.toml
+
 SMALL = {"preset": "test", "resolution": 32, "preview_every": 1000}
 LONG = 400
 """Steps of a job that must still run while another one starts and ends (it is cancelled)."""

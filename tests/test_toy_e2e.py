@@ -19,7 +19,7 @@ from sdi_blender.server.evaluation.toy_score import score_run
 from sdi_blender.server.toyworld.objects import TOY_OBJECTS
 from sdi_blender.server.training.plan import GenerateRequest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("blender")]  # one worker: see pyproject.toml
 
 OBJECTS = (0, 3)
 """The orange box with the ball on its front, and the mirror-asymmetric slab."""
