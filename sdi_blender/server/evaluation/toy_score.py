@@ -167,14 +167,20 @@ def score_run(run: Path, views: int = 8, size: int = 64) -> dict:
     from ..scene.cameras import turntable_cameras
     from ..scene.renderer import render_views
     from ..training.checkpoint import load_renderer
+    from ..training.init_mesh import placement
 
     result = export_run(run, ExportSettings(**TOY_EXPORT), device="cpu")
     renderer, config, _, _ = load_renderer(run, torch.device("cpu"))
     outs = render_views(renderer, turntable_cameras(views, size, size, config.cameras))
+    mesh, colours = load_blender_mesh(result.files["mesh"])
+    where = placement(config.init_mesh)
+    if where is not None:  # a blockout's run: scored where the add-on puts it, the blockout's frame
+        mesh.apply_scale(where["scale"])
+        mesh.apply_translation(where["centre"])
     return {
         "prompt": config.prompt,
         "method": config.method,
-        **mesh_scores(result.files["mesh"], toy_object(config.prompt)),
+        **blender_mesh_scores(mesh, colours, toy_object(config.prompt)),
         **run_view_scores(config, outs),
         "export_seconds": result.info["seconds"]["total"],
     }
