@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +58,30 @@ def test_second_export_leaves_the_optimisation_alone(run):
     export_run(run, ExportSettings(resolution=32, texture_size=64, format="obj"), device="cpu")
     assert [_digest(p) for p in watched] == before
     names = sorted(p.name for p in (run / "export").iterdir())
-    assert names == ["albedo.png", "export.json", "mesh.mtl", "mesh.obj"]  # replaced as a whole
+    assert names == ["albedo.png", "export.json", "mesh.glb", "mesh.mtl", "mesh.obj"]  # the GLB stays
     assert "Kd 1.0" in (run / "export" / "mesh.mtl").read_text()
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no staging left
+    formats = json.loads((run / "export" / "export.json").read_text())["formats"]
+    assert formats == {
+        "glb": {"mesh": "mesh.glb"},
+        "obj": {"mesh": "mesh.obj", "material": "mesh.mtl", "texture": "albedo.png"},
+    }
+
+
+def test_a_new_export_of_one_format_replaces_that_format_only(run):
+    export_run(run, ExportSettings(resolution=32, texture_size=64, format="obj"), device="cpu")
+    glb = export_run(run, FAST, device="cpu").files["mesh"]
+    first = glb.read_bytes()
+    export_run(run, ExportSettings(resolution=40, texture_size=64), device="cpu")  # GLB again, finer
+    assert glb.read_bytes() != first and (run / "export" / "mesh.obj").is_file()
+
+
+def test_overwriting_a_run_clears_its_export(run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    export_run(copy, FAST, device="cpu")
+    run_dir.prepare_new_run(copy, overwrite=True)
+    assert not (copy / "export").exists()
 
 
 def test_orientation_turns_the_front_to_blender_front():

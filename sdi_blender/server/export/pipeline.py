@@ -16,6 +16,7 @@ is about a metre across).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -138,8 +139,13 @@ def _write_atomically(
     run: Path, verts, faces, uvs, image, fmt: str, info: dict, t_write: float, t0: float, progress: ProgressFn
 ) -> dict[str, Path]:
     target = run / EXPORT_DIR
+    kept = _other_formats(target, fmt)
     with staged_folder(target) as staging:  # a failure keeps the previous export
         names = write_mesh(staging, verts @ TO_GLTF.T, faces, uvs, image, fmt)
+        for files in kept.values():  # formats coexist: an OBJ export keeps the GLB, and back
+            for name in files.values():
+                shutil.copy2(target / name, staging / name)
+        info["formats"] = {**kept, fmt: names}
         info["seconds"] = {
             **info.get("seconds", {}),
             "write": round(time.perf_counter() - t_write, 3),
@@ -149,6 +155,22 @@ def _write_atomically(
         (staging / "export.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         progress("write", 1.0)  # the last word before the swap: raising here keeps the previous export
     return {**{k: target / v for k, v in names.items()}, "info": target / "export.json"}
+
+
+def _other_formats(export: Path, fmt: str) -> dict[str, dict[str, str]]:
+    """The files (by kind) of each format other than ``fmt`` that the previous export in
+    ``export`` holds, as its ``export.json`` lists them; missing files drop their format."""
+    try:
+        formats = json.loads((export / "export.json").read_text(encoding="utf-8")).get("formats", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {
+        other: files
+        for other, files in formats.items()
+        if other != fmt
+        and isinstance(files, dict)
+        and all(isinstance(n, str) and "/" not in n and (export / n).is_file() for n in files.values())
+    }
 
 
 def write_mesh(

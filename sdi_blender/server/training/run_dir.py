@@ -13,11 +13,11 @@ import json
 import shutil
 from pathlib import Path
 
-from ...catalog import CHECKPOINT, CONFIG, LOSS_CURVE, METRICS, PREVIEWS, STATE, TURNTABLE
+from ...catalog import CHECKPOINT, CONFIG, EXPORT_DIR, LOSS_CURVE, METRICS, PREVIEWS, STATE, TURNTABLE
 from ...errors import UserError
 from ..util.fileio import atomic_write, probe_writable
 
-RUN_ENTRIES = (CONFIG, STATE, "checkpoints", METRICS, PREVIEWS, LOSS_CURVE, TURNTABLE)
+RUN_ENTRIES = (CONFIG, STATE, "checkpoints", METRICS, PREVIEWS, LOSS_CURVE, TURNTABLE, EXPORT_DIR)
 """What a run creates (and ``--overwrite`` removes); anything else is left alone."""
 
 
