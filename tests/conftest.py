@@ -17,6 +17,12 @@ import pytest
 
 # No test downloads anything: the hub client must never go online.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# xdist workers share the cores: each takes its share of threads, and so do the servers and
+# Blenders it starts (they inherit this). Oversubscribed OpenMP threads spin and run many times slower.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+    os.environ.setdefault("MKL_NUM_THREADS", str(_share))
 sys.path.insert(0, str(Path(__file__).parent))  # for the helper modules beside this file
 REPO = Path(__file__).resolve().parents[1]
 
