@@ -384,7 +384,12 @@ def test_a_job_whose_reply_comes_too_late_is_cancelled_not_orphaned() -> None:
     client.close()
     listener.close()
     assert [m["type"] for m in seen] == ["hello", "generate", "cancel"] and seen[-1]["job"] == "J-late"
-    notices = [e for e in list(client.events.queue) if e.get("event") == "notice"]
+    notices: list[dict] = []
+    for _ in range(100):  # the reader thread queues the notice just after sending the cancel
+        notices = [e for e in list(client.events.queue) if e.get("event") == "notice"]
+        if notices:
+            break
+        time.sleep(0.05)
     assert notices and "J-late" in notices[0]["message"]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,11 @@ def test_jobs_run_in_parallel_cancel_and_continue_with_one_load_per_worker(ray_s
     assert _steps(short_events) == [1, 2, 3] and (ray_server.jobs_dir / short["job"] / "state.json").is_file()
 
     status = events.ask({"type": "status"})
+    for _ in range(100):  # a worker's model is recorded when the pool collects its task's result
+        if status["model"] is not None:
+            break
+        time.sleep(0.1)
+        status = events.ask({"type": "status"})
     assert status["running"] == long_job and status["model"] == "tiny"
     events.wait(long_job, ("progress",), min_step=2)
     assert events.ask({"type": "cancel", "job": long_job})["result"] == "cancelling"
