@@ -127,3 +127,13 @@ def toy_scenario(addon_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     result = run_scenario("toy_object", addon_zip, work)
     (run,) = [p.parent for p in (work / "jobs").glob("*/config.json")]
     return {**result, "run": run}
+
+
+@pytest.fixture
+def c():
+    """The add-on's controller with no server, for feeding it messages (controller_feed.feed)."""
+    from sdi_blender.addon.controller import Controller
+
+    controller = Controller()
+    yield controller
+    controller.shutdown(timeout=5)

@@ -8,22 +8,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from controller_feed import feed
 
 from sdi_blender.addon.controller import Controller, JobView, ServerError, check_python
 from sdi_blender.addon.wording import BLENDER_HINTS
-
-
-@pytest.fixture
-def c():
-    controller = Controller()
-    yield controller
-    controller.shutdown(timeout=5)
-
-
-def feed(c: Controller, *messages: dict):
-    for message in messages:
-        c._outbox.put(message)
-    return c.poll()
 
 
 def follow(c: Controller, purpose: str = "generate") -> JobView:

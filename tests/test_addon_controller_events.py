@@ -7,13 +7,6 @@ import pytest
 from sdi_blender.addon.controller import Controller, JobView
 
 
-@pytest.fixture
-def c():
-    controller = Controller()
-    yield controller
-    controller.shutdown(timeout=5)
-
-
 @pytest.mark.parametrize(
     "broken",
     [

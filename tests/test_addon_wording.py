@@ -7,25 +7,12 @@ import threading
 import time
 
 import pytest
+from controller_feed import feed
 
 from sdi_blender import catalog
 from sdi_blender.addon import wording
 from sdi_blender.addon.controller import Controller, JobView, usable_gb, wait_until
 from sdi_blender.protocol import error_event
-
-
-@pytest.fixture
-def c():
-    controller = Controller()
-    yield controller
-    controller.shutdown(timeout=5)
-
-
-def feed(c: Controller, *messages: dict):
-    for message in messages:
-        c._outbox.put(message)
-    return c.poll()
-
 
 STARTED = {
     "event": "started",
