@@ -6,7 +6,10 @@ frame, PSNR and mask IoU of 8 evaluation views against the ground truth, and the
 of training and export. Seconds on a shared machine are noisy: compare SDI with SDS inside
 one run (they take turns per object). Writes ``bench/results/toy-world-<date>.json``.
 
-    python bench/toy_world.py [--seeds 1] [--objects 0 1 2 3] [--steps N]
+    python bench/toy_world.py [--seeds 1] [--objects 0 1 2 3] [--steps N] [--view-bins 12]
+
+``--view-bins N`` is the diagnostic of docs/toy-world.md: the prior conditioned on the camera's
+azimuth bin (N bins) instead of the view prompt's bucket; it writes ``toy-world-bins<N>-<date>.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from sdi_blender.server.commands.generate import run_generate
 from sdi_blender.server.evaluation.toy_score import score_run
 from sdi_blender.server.toyworld.objects import TOY_OBJECTS
+from sdi_blender.server.toyworld.prior import ToyWorldPrior
 from sdi_blender.server.training.plan import GenerateRequest
 from sdi_blender.server.training.priors import load_prior
 
@@ -52,13 +56,15 @@ def main() -> None:
         default=None,
         help="also write each object's SDS and SDI turntables (one row each) here",
     )
+    parser.add_argument("--view-bins", type=int, default=0, help="condition on N azimuth bins (a diagnostic)")
+    parser.add_argument("--methods", nargs="*", default=["sdi", "sds"], choices=["sdi", "sds"])
     args = parser.parse_args()
-    prior = load_prior("toyworld", device="cpu")
+    prior = ToyWorldPrior(view_bins=args.view_bins) if args.view_bins else load_prior("toyworld", device="cpu")
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for obj in args.objects:
             for seed in range(args.seeds):
-                for method in ("sdi", "sds"):
+                for method in args.methods:
                     run = Path(folder) / f"{obj}-{method}-{seed}"
                     start = time.perf_counter()
                     run_generate(
@@ -75,14 +81,16 @@ def main() -> None:
                     scores = score_run(run)
                     rows.append({"object": obj, "seed": seed, "train_seconds": round(train_s, 1), **scores})
                     print(json.dumps(rows[-1]), flush=True)
-                if args.pictures is not None and seed == 0:
+                if args.pictures is not None and seed == 0 and len(args.methods) == 2:
                     _pair(Path(folder), obj, args.pictures / f"toy-{obj}-sds-vs-sdi.png")
-    out = args.out / f"toy-world-{datetime.date.today().isoformat()}.json"
+    bins = f"bins{args.view_bins}-" if args.view_bins else ""
+    out = args.out / f"toy-world-{bins}{datetime.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "view_bins": args.view_bins,
     }
     out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")

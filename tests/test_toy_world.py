@@ -269,3 +269,20 @@ def test_cli_offers_every_preset_and_names_toy_prompts_on_a_bad_one(tmp_path, ca
         with pytest.raises(SystemExit):
             main(["generate", "--preset", preset, "--help"])
         assert "invalid choice" not in capsys.readouterr().err
+
+
+def test_view_bins_condition_on_the_cameras_azimuth_bin(toy):
+    """The diagnostic camera-aware prior: a camera at azimuth 0 is given only pictures whose
+    camera lies within ±15° of it (12 bins), where the view bucket gives ±45°."""
+    from sdi_blender.server.toyworld.prior import ToyWorldPrior, azimuth_bin
+
+    assert azimuth_bin(torch.tensor([14.0, 16.0, -14.0, -16.0, 190.0, 345.5]), 12).tolist() == [0, 1, 0, 11, 6, 0]
+    fine = ToyWorldPrior(view_bins=12)
+    emb = fine.encode_prompt(TOY_PROMPTS[0], options=PromptOptions(perp_neg=False))
+    pred = fine.predictor(emb, torch.tensor([10.0]), torch.tensor([0.0]))
+    mass = pred.branches[0][0]  # [G] conditional mass per group
+    near = torch.cat([fine.pictures.azimuth[g.start : g.end] for g, m in zip(fine.groups, mass) if m > 0])
+    wrapped = (near + 180) % 360 - 180
+    assert near.numel() > 0 and wrapped.abs().max() <= 15.0
+    with pytest.raises(ValueError, match="Perp-Neg"):
+        fine.predictor(fine.encode_prompt(TOY_PROMPTS[0]), torch.tensor([10.0]), torch.tensor([0.0]))

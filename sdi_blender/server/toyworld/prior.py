@@ -40,7 +40,7 @@ from ..util.cache import cached_build
 from .objects import TOY_CAMERAS, TOY_OBJECTS, check_toy_prompt, toy_object
 from .render import render_toy, sample_views
 
-TOY_VERSION = 2
+TOY_VERSION = 3
 """Bump when the objects, the renderer or the picture set change: it names the cache folder."""
 IMAGE_SIZE = 32
 """Side of the pictures, so of the renders the prior judges."""
@@ -71,6 +71,8 @@ class ToyPictures:
     """[N] index into TOY_OBJECTS."""
     view: Tensor
     """[N] view bucket (prompts.DIRECTIONS index) of the unperturbed camera."""
+    azimuth: Tensor
+    """[N] azimuth of the unperturbed camera in degrees (for :func:`azimuth_bin`)."""
     mode: Tensor
     """[N] index into shading.SHADINGS."""
 
@@ -83,7 +85,7 @@ def build_pictures(
 ) -> ToyPictures:
     """Render every toy object from ``views_per_object`` training cameras in every mode."""
     cameras, shading = cameras or CameraConfig(**TOY_CAMERAS), shading or ShadingConfig()
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("images", "masks", "obj", "view", "mode")}
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("images", "masks", "obj", "view", "azimuth", "mode")}
     for o, obj in enumerate(TOY_OBJECTS):
         views = sample_views(cameras, views_per_object, seed=_SEED + o)
         bucket = direction_index(views.elevation_deg.float(), views.azimuth_deg.float(), PromptOptions())
@@ -95,6 +97,7 @@ def build_pictures(
             parts["masks"].append(masks.repeat(m, 1, 1))
             parts["obj"].append(torch.full((m * n,), o))
             parts["view"].append(bucket[s : s + _CHUNK].repeat(m))
+            parts["azimuth"].append(chunk.azimuth_deg.float().repeat(m))
             parts["mode"].append(torch.arange(m).repeat_interleave(n))
     return ToyPictures(**{k: torch.cat(v) for k, v in parts.items()})
 
@@ -155,7 +158,12 @@ class ToyWorldPrior:
         device: torch.device | str | None = None,
         shading: ShadingConfig | None = None,
         picture_noise: float = PICTURE_NOISE,
+        view_bins: int = 0,
     ) -> None:
+        """``view_bins`` > 0 is a diagnostic, not the toy world of the issue: a view-dependent
+        prompt then selects the pictures in the camera's azimuth bin (``view_bins`` bins of
+        360°/``view_bins``, centred on 0°) instead of its view bucket, a camera-aware prior
+        (``bench/toy_view_bins.py``; docs/toy-world.md)."""
         from diffusers import DDIMScheduler
 
         self.picture_noise = picture_noise
@@ -163,16 +171,19 @@ class ToyWorldPrior:
         self.device = torch.device(device or "cpu")
         self.dtype = torch.float32
         pics = load_pictures()
-        modes = len(SHADINGS)
-        order = torch.argsort((pics.obj * (OVERHEAD + 1) + pics.view) * modes + pics.mode, stable=True)
+        self.view_bins, self.n_views = view_bins, view_bins or OVERHEAD + 1
+        if view_bins:
+            pics.view = azimuth_bin(pics.azimuth, view_bins)
+        modes, nv = len(SHADINGS), self.n_views
+        order = torch.argsort((pics.obj * nv + pics.view) * modes + pics.mode, stable=True)
         self.pictures = ToyPictures(*(getattr(pics, f)[order] for f in pics.__dataclass_fields__))
         self.flat = self.pictures.images.reshape(order.shape[0], -1).to(self.device)  # [N, D]
         self.sq_norms = self.flat.double().square().sum(-1)  # [N]
-        key = ((self.pictures.obj * (OVERHEAD + 1) + self.pictures.view) * modes + self.pictures.mode).tolist()
+        key = ((self.pictures.obj * nv + self.pictures.view) * modes + self.pictures.mode).tolist()
         self.groups = [
             Group(
-                k // modes // (OVERHEAD + 1),
-                k // modes % (OVERHEAD + 1),
+                k // modes // nv,
+                k // modes % nv,
                 k % modes,
                 key.index(k),
                 len(key) - key[::-1].index(k),
@@ -222,7 +233,7 @@ class ToyWorldPrior:
         Each picture weighs as often as the trainer renders its shading mode (``mode_prob``:
         mostly albedo). ``obj`` None: the unconditional model, every picture. Otherwise the
         prompt's pictures that show its colours (albedo and lit), or those of its view buckets
-        mixed by ``view_mix`` [4]; a mix that lands only on empty buckets (e.g. overhead,
+        mixed by ``view_mix`` [n_views]; a mix that lands only on empty buckets (e.g. overhead,
         outside the training elevations) falls back to all its views. A prompt naming colours
         captions coloured pictures: the grey textureless ones belong to the unconditional model
         only (as Stable Diffusion finds a grey render of "an orange box" unlikely), which also
@@ -294,15 +305,22 @@ class ToyPredictor:
             return
         assert elevation_deg is not None, "view-dependent prompts need the cameras' elevations too"
         elev, azim = elevation_deg.cpu(), azimuth_deg.cpu()
+        if prior.view_bins and opts.perp_neg:
+            raise ValueError("the toy world's azimuth bins (view_bins) have no Perp-Neg mix; turn perp_neg off")
         if not opts.perp_neg:
-            views = direction_index(elev, azim, opts).tolist()
-            self.branches = [torch.stack([prior.group_weights(o, _one_hot(v)) for v in views]), uncond[None]]
+            bins = azimuth_bin(azim, prior.view_bins) if prior.view_bins else direction_index(elev, azim, opts)
+            views = bins.tolist()
+            one_hot = [_one_hot(v, prior.n_views) for v in views]
+            self.branches = [torch.stack([prior.group_weights(o, m) for m in one_hot]), uncond[None]]
             return
         mix = perp_neg_mix(elev, azim, opts)
         cond = torch.stack([prior.group_weights(o, p) for p in mix.positive])
         negs = [
             torch.stack(
-                [uncond if v < 0 else prior.group_weights(o, _one_hot(v)) for v in mix.negatives[:, k].tolist()]
+                [
+                    uncond if v < 0 else prior.group_weights(o, _one_hot(v, prior.n_views))
+                    for v in mix.negatives[:, k].tolist()
+                ]
             )
             for k in range(mix.negatives.shape[1])
         ]
@@ -331,7 +349,13 @@ def shading_probabilities(cfg: ShadingConfig) -> list[float]:
     return [probs[mode] for mode in SHADINGS]
 
 
-def _one_hot(view: int) -> Tensor:
-    mix = torch.zeros(OVERHEAD + 1)
+def azimuth_bin(azimuth_deg: Tensor, bins: int) -> Tensor:
+    """[N] index of each azimuth's bin among ``bins`` bins of 360°/``bins``, bin 0 centred on 0°."""
+    width = 360.0 / bins
+    return torch.div((azimuth_deg.float() + width / 2) % 360.0, width, rounding_mode="floor").long() % bins
+
+
+def _one_hot(view: int, n_views: int) -> Tensor:
+    mix = torch.zeros(n_views)
     mix[view] = 1.0
     return mix
