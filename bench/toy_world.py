@@ -6,10 +6,13 @@ frame, PSNR and mask IoU of 8 evaluation views against the ground truth, and the
 of training and export. Seconds on a shared machine are noisy: compare SDI with SDS inside
 one run (they take turns per object). Writes ``bench/results/toy-world-<date>.json``.
 
-    python bench/toy_world.py [--seeds 1] [--objects 0 1 2 3] [--steps N] [--view-bins 12]
+    python bench/toy_world.py [--seeds 1] [--objects 0 1 2 3] [--steps N] [--view-bins 12] [--set KEY=JSON]
 
 ``--view-bins N`` is the diagnostic of docs/toy-world.md: the prior conditioned on the camera's
 azimuth bin (N bins) instead of the view prompt's bucket; it writes ``toy-world-bins<N>-<date>.json``.
+``--set`` changes a run setting (e.g. ``inversion_guidance_scale=-1`` or ``shading.diffuse_prob=0``;
+a shading setting also reweighs the prior's pictures, so it sees the shading the trainer
+renders); any ``--set`` adds ``variant-`` to the file name.
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ import torch
 
 from sdi_blender.server.commands.generate import run_generate
 from sdi_blender.server.evaluation.toy_score import score_run
+from sdi_blender.server.scene.shading import ShadingConfig
 from sdi_blender.server.toyworld.objects import TOY_OBJECTS
 from sdi_blender.server.toyworld.prior import ToyWorldPrior
 from sdi_blender.server.training.plan import GenerateRequest
-from sdi_blender.server.training.priors import load_prior
 
 
 def _pair(folder: Path, obj: int, out: Path) -> None:
@@ -58,8 +61,11 @@ def main() -> None:
     )
     parser.add_argument("--view-bins", type=int, default=0, help="condition on N azimuth bins (a diagnostic)")
     parser.add_argument("--methods", nargs="*", default=["sdi", "sds"], choices=["sdi", "sds"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a run setting")
     args = parser.parse_args()
-    prior = ToyWorldPrior(view_bins=args.view_bins) if args.view_bins else load_prior("toyworld", device="cpu")
+    extra = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    shading = ShadingConfig(**{k.removeprefix("shading."): v for k, v in extra.items() if k.startswith("shading.")})
+    prior = ToyWorldPrior(shading=shading, view_bins=args.view_bins)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for obj in args.objects:
@@ -73,7 +79,7 @@ def main() -> None:
                             prompt=TOY_OBJECTS[obj].prompt,
                             preset="toy",
                             device="cpu",
-                            settings={"method": method, "seed": seed, "steps": args.steps},
+                            settings={"method": method, "seed": seed, "steps": args.steps, **extra},
                         ),
                         prior=prior,
                     )
@@ -84,13 +90,15 @@ def main() -> None:
                 if args.pictures is not None and seed == 0 and len(args.methods) == 2:
                     _pair(Path(folder), obj, args.pictures / f"toy-{obj}-sds-vs-sdi.png")
     bins = f"bins{args.view_bins}-" if args.view_bins else ""
-    out = args.out / f"toy-world-{bins}{datetime.date.today().isoformat()}.json"
+    variant = "variant-" if extra else ""
+    out = args.out / f"toy-world-{bins}{variant}{datetime.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "machine": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "view_bins": args.view_bins,
+        "settings": extra,
     }
     out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
