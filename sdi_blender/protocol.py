@@ -17,10 +17,14 @@ memory, model, queue, running}`` (``memory.free``: the device's free bytes on CU
 CPU); ``list_jobs`` → ``{event: jobs, jobs: [{job, kind, prompt,
 status, step, total, created, error}]}``; ``cancel`` (``keep``: stop training now and export
 what there is, the job ends done), ``delete_job``, ``subscribe`` (plus the job's list entry) and
-``shutdown`` → ``{event: ok, ...}``; ``generate`` (``init_mesh``: a mesh file on the server whose
-inside the density starts as), ``continue``, ``export`` and ``texture`` (paint the mesh file
-``mesh`` on the server from the prompt, keeping its geometry) → ``{event: queued, job, position}``
-(jobs that run first, the running one included), and the connection is subscribed to that job. A refused request gets an
+``shutdown`` → ``{event: ok, ...}``; ``generate`` (``init_mesh_data``: a mesh whose inside the
+density starts as), ``continue``, ``export`` and ``texture`` (paint the mesh ``mesh_data`` from the
+prompt, keeping its geometry) → ``{event: queued, job, position}``
+(jobs that run first, the running one included), and the connection is subscribed to that job.
+A mesh travels in the request (:func:`mesh_data`: ``{format: obj|glb, gzip, base64}``, at most
+:data:`MAX_MESH_BYTES` unpacked), so the server may be on another machine; the server writes it
+into the job's folder. A loopback server also takes a path on its own machine instead (``mesh``,
+``init_mesh``), as the CLI's user could name it. A refused request gets an
 ``error`` event with its ``id``; a ``too_large`` line also closes the connection.
 Job events (``job`` but no ``id``): started(kind, device, model, preset, steps, resolution, run,
 estimate: null for an export), loading(model), download(model, file, done, total: bytes, total
@@ -38,7 +42,11 @@ Job statuses: queued, running, done, cancelled, failed, interrupted.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import gzip
 import json
+import zlib
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -56,6 +64,8 @@ ERROR_CODES: dict[str, str] = {
     "out_of_memory": "the GPU ran out of memory; the job failed and memory was released",
     "diverged": "the loss became NaN or infinite; the job stopped at its last good checkpoint",
     "interrupted": "the server stopped while the job was running; continue resumes it",
+    "mesh_too_large": "a mesh sent in a request is over 64 MiB unpacked (or too large to send in one message)",
+    "bad_mesh_data": "a mesh sent in a request is not base64 (of gzip data, if so marked) or names an unknown format",
     "internal": "an unexpected server error (see the job log)",
 }
 """Every ``code`` an ``error`` event from the server can carry, with its meaning."""
@@ -135,6 +145,7 @@ REQUESTS: dict[str, dict[str, tuple[Any, bool]]] = {
         "checkpoint_every": (_INT, False),
         "proxy_every": (_INT, False),
         "init_mesh": (_STR, False),
+        "init_mesh_data": (dict, False),
         "export": (dict, False),
     },
     "cancel": {"job": (_STR, True), "keep": (_BOOL, False)},
@@ -156,7 +167,8 @@ REQUESTS: dict[str, dict[str, tuple[Any, bool]]] = {
     },
     "texture": {
         "prompt": (_STR, True),
-        "mesh": (_STR, True),
+        "mesh": (_STR, False),
+        "mesh_data": (dict, False),
         "method": (_STR, False),
         "preset": (_STR, False),
         "steps": (_INT, False),
@@ -187,9 +199,17 @@ _RANGES: dict[str, tuple[float, float]] = {
 }
 _MAX_TEXT = 4096  # prompts and ids longer than this are refused
 
+MAX_MESH_BYTES = 64 * 1024 * 1024
+"""A sent mesh file's size, unpacked (200,000 faces as OBJ with UVs: about 25 MB)."""
+MESH_FORMATS = ("obj", "glb")
+"""The file formats a sent mesh may have (a .gltf may name other files: send it as .glb)."""
+MESH_FIELDS = {"generate": ("init_mesh", "init_mesh_data"), "texture": ("mesh", "mesh_data")}
+"""Per request type, its mesh as a path on the server and as sent contents (one of them)."""
+_MAX_MESH_TEXT = MAX_MESSAGE_BYTES - 64 * 1024  # the base64, leaving room for the other fields
+
 
 class ProtocolError(Exception):
-    """A request the server refuses; becomes an ``error`` event with ``code``."""
+    """A request the server refuses (or a client finds it would); becomes an ``error`` event with ``code``."""
 
     def __init__(self, code: str, message: str, hint: str = "") -> None:
         _check_code(code, ERROR_CODES)
@@ -272,7 +292,62 @@ def validate_request(message: dict[str, Any]) -> dict[str, Any]:
         if unknown:
             raise ProtocolError("bad_request", f"unknown field(s) {sorted(unknown)[:5]} in 'export'")
         _check_fields(f"{kind}.export", message["export"], settings)
+    if kind in MESH_FIELDS:
+        _check_mesh_fields(kind, message)
     return message
+
+
+def _check_mesh_fields(kind: str, message: dict[str, Any]) -> None:
+    """One mesh at most (texture: exactly one), as a path or as a well-formed ``mesh_data``."""
+    path, data = MESH_FIELDS[kind]
+    if path in message and data in message:
+        raise ProtocolError("bad_request", f"'{kind}' takes '{path}' or '{data}', not both")
+    if kind == "texture" and path not in message and data not in message:
+        raise ProtocolError("bad_request", f"'texture' needs the field '{data}' (or '{path}')")
+    value = message.get(data)
+    if value is None:
+        return
+    if set(value) - {"format", "gzip", "base64"} or not isinstance(value.get("base64"), str):
+        raise ProtocolError("bad_mesh_data", f"'{data}' must be an object {{format, gzip, base64}}")
+    if value.get("format") not in MESH_FORMATS or not isinstance(value.get("gzip", False), bool):
+        raise ProtocolError("bad_mesh_data", f"'{data}' format must be one of {', '.join(MESH_FORMATS)}")
+
+
+def mesh_data(raw: bytes, fmt: str) -> dict[str, Any]:
+    """A mesh file's bytes as a request's ``mesh_data``/``init_mesh_data`` (gzip, then base64);
+    raises ``mesh_too_large`` where the server would refuse it or it cannot fit in a message."""
+    if fmt not in MESH_FORMATS:
+        raise ValueError(f"'{fmt}' is not one of {MESH_FORMATS}")
+    if len(raw) > MAX_MESH_BYTES:
+        raise ProtocolError("mesh_too_large", f"the mesh is {_mib(len(raw))} as {fmt}, over {_mib(MAX_MESH_BYTES)}")
+    text = base64.b64encode(gzip.compress(raw, compresslevel=6, mtime=0)).decode("ascii")
+    if len(text) > _MAX_MESH_TEXT:
+        raise ProtocolError("mesh_too_large", f"the mesh is {_mib(len(text))} packed, over {_mib(_MAX_MESH_TEXT)}")
+    return {"format": fmt, "gzip": True, "base64": text}
+
+
+def read_mesh_data(value: dict[str, Any]) -> bytes:
+    """The file bytes of a validated ``mesh_data``; raises ``bad_mesh_data`` or ``mesh_too_large``."""
+    try:
+        packed = base64.b64decode(value["base64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("bad_mesh_data", "the sent mesh is not valid base64") from None
+    if not value.get("gzip", False):
+        return packed  # under MAX_MESH_BYTES: its message is at most 16 MiB
+    unpack = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip; the limit stops a zip bomb
+    try:
+        raw = unpack.decompress(packed, MAX_MESH_BYTES + 1)
+    except zlib.error as exc:
+        raise ProtocolError("bad_mesh_data", f"the sent mesh is not valid gzip data: {exc}") from None
+    if len(raw) > MAX_MESH_BYTES:
+        raise ProtocolError("mesh_too_large", f"the sent mesh is over {_mib(MAX_MESH_BYTES)} unpacked")
+    if not unpack.eof or unpack.unused_data:
+        raise ProtocolError("bad_mesh_data", "the sent mesh's gzip data is cut short or followed by more")
+    return raw
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
 
 
 def _check_fields(kind: str, message: dict[str, Any], schema: dict[str, tuple[Any, bool]]) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
+import os
 
 import pytest
 
@@ -160,3 +163,75 @@ def test_error_codes_are_a_closed_set_on_both_sides() -> None:
     known = ServerError.from_event({"event": "error", "code": "model_unavailable", "message": "m", "reason": "offline"})
     unknown = ServerError.from_event({"event": "error", "code": "internal", "message": "m", "reason": "brand_new"})
     assert (known.reason, unknown.reason) == ("offline", "")
+
+
+# --- meshes sent in requests ------------------------------------------------------------------
+
+
+def test_a_sent_mesh_packs_and_unpacks_to_its_bytes() -> None:
+    from sdi_blender.protocol import mesh_data, read_mesh_data
+
+    raw = b"v 0 0 0\nv 1 0 0\nv 0 1 0\nf 1 2 3\n" * 1000
+    sent = mesh_data(raw, "obj")
+    assert sent["format"] == "obj" and sent["gzip"] and len(sent["base64"]) < len(raw) // 10
+    assert read_mesh_data(sent) == raw
+    plain = {"format": "glb", "base64": base64.b64encode(b"glTF").decode()}
+    assert read_mesh_data(plain) == b"glTF"
+    for kind, field in (("texture", "mesh_data"), ("generate", "init_mesh_data")):
+        message = {"type": kind, "id": 1, "prompt": "x", field: sent}
+        assert validate_request(message) is message
+
+
+@pytest.mark.parametrize(
+    "value, code",
+    [
+        ({"format": "obj", "base64": "not base64!"}, "bad_mesh_data"),
+        ({"format": "obj", "base64": "AAAA", "gzip": True}, "bad_mesh_data"),  # not gzip
+        (
+            {"format": "obj", "base64": base64.b64encode(gzip.compress(b"v 0 0 0\n" * 99)[:-9]).decode(), "gzip": True},
+            "bad_mesh_data",
+        ),
+        (
+            {"format": "obj", "base64": base64.b64encode(gzip.compress(bytes(65 * 2**20))).decode(), "gzip": True},
+            "mesh_too_large",
+        ),
+    ],
+    ids=["bad-base64", "not-gzip", "cut-short", "zip-bomb"],
+)
+def test_a_sent_mesh_that_does_not_unpack_gets_its_code(value, code) -> None:
+    from sdi_blender.protocol import read_mesh_data
+
+    message = {"type": "texture", "id": 1, "prompt": "x", "mesh_data": value}
+    assert validate_request(message) is message  # the shape is right; the contents are not
+    with pytest.raises(ProtocolError) as info:
+        read_mesh_data(value)
+    assert info.value.code == code and code in ERROR_CODES
+
+
+@pytest.mark.parametrize(
+    "fields, code",
+    [
+        ({}, "bad_request"),  # a texture needs a mesh
+        ({"mesh": "/m.obj", "mesh_data": {"format": "obj", "base64": ""}}, "bad_request"),  # not both
+        ({"mesh_data": {"format": "stl", "base64": ""}}, "bad_mesh_data"),
+        ({"mesh_data": {"format": "obj"}}, "bad_mesh_data"),
+        ({"mesh_data": {"format": "obj", "base64": "", "name": "x"}}, "bad_mesh_data"),
+        ({"mesh_data": {"format": "obj", "base64": "", "gzip": "yes"}}, "bad_mesh_data"),
+        ({"mesh_data": "AAAA"}, "bad_request"),
+    ],
+)
+def test_a_texture_request_names_one_well_formed_mesh(fields, code) -> None:
+    with pytest.raises(ProtocolError) as info:
+        validate_request({"type": "texture", "id": 1, "prompt": "x", **fields})
+    assert info.value.code == code
+
+
+def test_a_mesh_too_large_to_send_is_refused_before_it_is_sent() -> None:
+    from sdi_blender.protocol import MAX_MESH_BYTES, mesh_data
+
+    with pytest.raises(ProtocolError) as info:
+        mesh_data(bytes(MAX_MESH_BYTES + 1), "obj")
+    assert info.value.code == "mesh_too_large" and "64.0 MiB" in info.value.message
+    with pytest.raises(ProtocolError) as info:  # fits unpacked, not in one message once packed
+        mesh_data(os.urandom(13 * 2**20), "glb")
+    assert info.value.code == "mesh_too_large"

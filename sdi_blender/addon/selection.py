@@ -1,4 +1,5 @@
-"""The selected object as the server reads it: checked, and written to a temporary OBJ.
+"""The selected object as the server reads it: checked, and written as OBJ text, which the
+request carries (``protocol.mesh_data``), so the server may be on another machine.
 
 The OBJ holds the mesh in the object's own (local) frame, triangulated as Blender draws it
 (``loop_triangles``), in the axes glTF and Blender's OBJ exporter use (Y up, forward −Z), which
@@ -8,10 +9,6 @@ frame exactly, so a result can be put back on the object's own transform.
 """
 
 from __future__ import annotations
-
-import tempfile
-import uuid
-from pathlib import Path
 
 import bpy
 
@@ -31,14 +28,7 @@ def selected_mesh(context: bpy.types.Context) -> tuple[bpy.types.Object | None, 
     return obj, ""
 
 
-def temp_path(stem: str) -> Path:
-    """A fresh file in the add-on's temporary folder (kept until the job that reads it ends)."""
-    folder = Path(tempfile.gettempdir()) / "sdi-blender-meshes"
-    folder.mkdir(exist_ok=True)
-    return folder / f"{stem}-{uuid.uuid4().hex[:8]}.obj"
-
-
-def write_obj(mesh: bpy.types.Mesh, path: Path, uvs: list[float] | None = None) -> None:
+def obj_bytes(mesh: bpy.types.Mesh, uvs: list[float] | None = None) -> bytes:
     """``mesh``'s triangles in local coordinates, with per-loop ``uvs`` ([u, v] per loop) if given."""
     mesh.calc_loop_triangles()
     lines = [f"v {v.co.x:.7g} {v.co.z:.7g} {-v.co.y:.7g}" for v in mesh.vertices]  # Blender → Y-up
@@ -48,7 +38,7 @@ def write_obj(mesh: bpy.types.Mesh, path: Path, uvs: list[float] | None = None) 
     else:
         lines += [f"vt {uvs[2 * i]:.7g} {uvs[2 * i + 1]:.7g}" for i in range(len(uvs) // 2)]
         lines += ["f " + " ".join(f"{v + 1}/{loop + 1}" for v, loop in zip(t.vertices, t.loops)) for t in triangles]
-    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+    return ("\n".join(lines) + "\n").encode("ascii")
 
 
 def evaluated_mesh(context: bpy.types.Context, obj: bpy.types.Object) -> bpy.types.Mesh:

@@ -40,6 +40,7 @@ BLENDER_HINTS: dict[tuple[str, str], str] = {
     ("interrupted", ""): "select its object and press Continue (Refine) to resume from its last checkpoint",
     ("not_found", ""): "press Refresh in the Jobs panel",
     ("unauthorized", ""): f"set Token in {PREFERENCES} to the contents of the server's token file",
+    ("mesh_too_large", ""): "simplify the selected mesh (e.g. apply a Decimate modifier), then try again",
 }
 """Blender's wording by (code, reason); it replaces the server's hint."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import bpy
 
-from ..protocol import REQUESTS
+from ..protocol import REQUESTS, ProtocolError, mesh_data
 from . import controller as ctl
 from . import runtime, selection, variations, workflows
 from .operators import downloads_allowed, generate_fields, submit
@@ -21,6 +21,15 @@ from .operators import downloads_allowed, generate_fields, submit
 
 def _idle(context: bpy.types.Context) -> bool:
     return not runtime.controller().running
+
+
+def _mesh_data(op: bpy.types.Operator, obj: bpy.types.Object, raw: bytes) -> dict[str, Any] | None:
+    """The mesh as a request carries it, or None after reporting that it is too large to send."""
+    try:
+        return mesh_data(raw, "obj")
+    except ProtocolError as exc:
+        op.report({"ERROR"}, f"SDI: '{obj.name}' cannot be sent: {exc}; simplify it (e.g. a Decimate modifier)")
+        return None
 
 
 def _selected(op: bpy.types.Operator, context: bpy.types.Context) -> bpy.types.Object | None:
@@ -47,14 +56,14 @@ class SDI_OT_generate_from_selected(bpy.types.Operator):
         fields = generate_fields(self, context, self.prompt, self.preset) if obj is not None else None
         if obj is None or fields is None:
             return {"CANCELLED"}
-        path = selection.temp_path("blockout")
         try:  # with its modifiers: the shape the artist sees
-            selection.write_obj(selection.evaluated_mesh(context, obj), path)
+            sent = _mesh_data(self, obj, selection.obj_bytes(selection.evaluated_mesh(context, obj)))
         finally:
             obj.evaluated_get(context.evaluated_depsgraph_get()).to_mesh_clear()
-        workflows.remember(obj.name, None, path)
+        if sent is None:
+            return {"CANCELLED"}
         view = ctl.JobView("from_selected", prompt=fields["prompt"], target=obj.name)
-        return submit(self, view, "generate", **fields, init_mesh=str(path))
+        return submit(self, view, "generate", **fields, init_mesh_data=sent)
 
 
 class SDI_OT_texture_selected(bpy.types.Operator):
@@ -75,13 +84,15 @@ class SDI_OT_texture_selected(bpy.types.Operator):
         if obj is None or fields is None:
             return {"CANCELLED"}
         uvs, new = selection.loop_uvs(obj)
-        path = selection.temp_path("texture")
-        selection.write_obj(obj.data, path, uvs)
-        workflows.remember(obj.name, uvs if new else None, path)
+        sent = _mesh_data(self, obj, selection.obj_bytes(obj.data, uvs))
+        if sent is None:
+            return {"CANCELLED"}
+        if new:
+            workflows.remember(obj.name, uvs)
         request: dict[str, Any] = {k: v for k, v in fields.items() if k in REQUESTS["texture"]}
         request["texture_size"] = fields["export"]["texture_size"]
         view = ctl.JobView("texture", prompt=fields["prompt"], target=obj.name)
-        return submit(self, view, "texture", **request, mesh=str(path))
+        return submit(self, view, "texture", **request, mesh_data=sent)
 
 
 class SDI_OT_stop_keep(bpy.types.Operator):

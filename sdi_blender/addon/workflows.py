@@ -17,15 +17,14 @@ from mathutils import Matrix, Vector
 from . import controller as ctl
 from . import importer, proxy, texturing, variations
 
-_pending: dict[str, Any] = {"uvs": {}, "files": {}}
-"""Per followed job: the UVs a texture is baked into (``uvs``) and the temporary mesh files."""
+_pending: dict[str, Any] = {"uvs": {}}
+"""Per followed job: the new UVs a texture is baked into (``uvs``), for a mesh that had none."""
 
 
-def remember(job_key: str, uvs: list[float] | None, mesh_file: Path) -> None:
-    """What a job sent from the scene needs again at its end (keyed by the target object name)."""
-    _pending["files"][job_key] = mesh_file
-    if uvs is not None:
-        _pending["uvs"][job_key] = uvs
+def remember(job_key: str, uvs: list[float]) -> None:
+    """The new UVs a texture job sent from the scene is baked into (keyed by the target object
+    name): they become the object's UV map when the texture arrives."""
+    _pending["uvs"][job_key] = uvs
 
 
 def result_matrix(view: ctl.JobView, placement: dict[str, Any] | None) -> Matrix:
@@ -45,12 +44,9 @@ def show_proxy(view: ctl.JobView | None) -> None:
 
 
 def ended(outcome: ctl.Outcome) -> None:
-    """Any ending: the proxy and the job's temporary mesh go; a variation's queue hears of it."""
+    """Any ending: the proxy goes; a variation's queue hears of it."""
     proxy.remove()
     view = outcome.view
-    path = _pending["files"].pop(view.target, None)
-    if path is not None:
-        Path(path).unlink(missing_ok=True)
     if outcome.status != "done":
         _pending["uvs"].pop(view.target, None)
     if view.purpose in ("variation", "promote"):

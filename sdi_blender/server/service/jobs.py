@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ...errors import UserError
-from ...protocol import REQUESTS, job_event
+from ...protocol import MESH_FIELDS, REQUESTS, job_event
 from ..diffusion.model_source import check_model_name, check_remote_model
 from ..export.pipeline import ExportSettings, export_run
 from ..training import run_dir
@@ -36,7 +36,7 @@ from ..training.init_mesh import plan_init_mesh
 from ..training.plan import GenerateRequest, plan_run
 from ..training.priors import load_prior
 from ..training.trainer import Trainer
-from . import texture_job
+from . import sent_mesh, texture_job
 from .events import Emit
 from .job_files import (
     JOB_FILE,
@@ -54,9 +54,8 @@ from .runner import Task as _Task
 ACTIVE = ("queued", "running")
 MAX_QUEUED = 64
 """Jobs that may wait at once; one more is refused with ``conflict``."""
-_TRAIN_FIELDS = [
-    k for k in REQUESTS["generate"] if k not in ("prompt", "preset", "export", "allow_downloads", "init_mesh")
-]
+_NOT_TRAINING = ("prompt", "preset", "export", "allow_downloads", *MESH_FIELDS["generate"])
+_TRAIN_FIELDS = [k for k in REQUESTS["generate"] if k not in _NOT_TRAINING]
 _log = logging.getLogger("sdi_blender.server")
 
 
@@ -109,6 +108,7 @@ class JobManager(JobRunner):
         ``position``: jobs that run first, the running one included. ``on_queued(job, position)``
         runs before the worker can start the job, so whoever subscribes there sees every event.
         """
+        sent = sent_mesh.receive(kind, request, remote=self.model_roots is not None)  # unpacked unlocked
         with self._lock:
             if self._stopping:
                 raise Conflict("the server is shutting down")
@@ -116,7 +116,7 @@ class JobManager(JobRunner):
                 raise Conflict(
                     f"the queue is full ({MAX_QUEUED} jobs waiting)", hint="wait for jobs to finish, or cancel some"
                 )
-            task = self._plan(kind, request)
+            task = self._plan(kind, request, sent)
             job = task.job
             if kind == "continue" and request.get("prompt") is not None:
                 job.request = {**job.request, "prompt": request["prompt"]}  # list_jobs shows the new one
@@ -131,7 +131,7 @@ class JobManager(JobRunner):
                 on_queued(job.id, position)
             self._queue.append(task)
             self._lock.notify_all()
-        self.log(job, f"queued {kind}: {json.dumps(request)}")
+        self.log(job, f"queued {kind}: {json.dumps(job.request if kind in ('generate', 'texture') else request)}")
         return job.id, position
 
     def cancel(self, job_id: str, keep: bool = False) -> str:
@@ -200,11 +200,13 @@ class JobManager(JobRunner):
         self.backend.shutdown(timeout)
 
     # -- planning (under the lock) ------------------------------------------------------
-    def _plan(self, kind: str, req: dict[str, Any]) -> _Task:
-        if kind == "generate":
-            return self._plan_generate(req)
-        if kind == "texture":
-            return self._plan_texture(req)
+    def _plan(self, kind: str, req: dict[str, Any], sent: sent_mesh.Sent | None) -> _Task:
+        if kind in ("generate", "texture"):
+            job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+            job = Job(job_id, kind, dict(req), "queued", time.time(), dir=self.jobs_dir / job_id)
+            with sent_mesh.stored(sent, job.dir) as path:  # the folder goes again if planning fails
+                job.request = sent_mesh.recorded(kind, req, path)
+                return self._plan_generate(job) if kind == "generate" else self._plan_texture(job)
         job = self.get(req["job"])
         if job.status in ACTIVE:
             raise Conflict(f"job {job.id} is {job.status}")
@@ -218,15 +220,14 @@ class JobManager(JobRunner):
         export = _export_settings(req["export"]) if "export" in req else None
         return _Task(job, config=config, resume=True, export=export, allow_downloads=req.get("allow_downloads", True))
 
-    def _plan_generate(self, req: dict[str, Any]) -> _Task:
+    def _plan_generate(self, job: Job) -> _Task:
+        req = job.request
         settings = {k: req.get(k) for k in _TRAIN_FIELDS}
         model: str = settings["model"] or self.default_model
         settings["model"] = model
         if self.model_roots is not None and model != self.default_model:
             check_remote_model(model, self.model_roots)
         check_model_name(model)
-        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        job = Job(job_id, "generate", dict(req), "queued", time.time(), dir=self.jobs_dir / job_id)
         settings["init_mesh.path"] = req.get("init_mesh")
         config, _ = plan_run(
             GenerateRequest(
@@ -237,9 +238,8 @@ class JobManager(JobRunner):
         export = _export_settings(req["export"]) if "export" in req else None
         return _Task(job, config=config, export=export, allow_downloads=req.get("allow_downloads", True))
 
-    def _plan_texture(self, req: dict[str, Any]) -> _Task:
-        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        job = Job(job_id, "texture", dict(req), "queued", time.time(), dir=self.jobs_dir / job_id)
+    def _plan_texture(self, job: Job) -> _Task:
+        req = job.request
         plan = texture_job.plan(req, job.dir, self.default_model)
         settings = ExportSettings(texture_size=req.get("texture_size", 1024))
         settings.validate()
@@ -290,8 +290,9 @@ class JobManager(JobRunner):
         best_effort(self._save, job)
 
     def _create(self, job: Job) -> None:
-        """A new job's folder and job.json; nothing is left behind if that fails."""
-        job.dir.mkdir(parents=True)
+        """A new job's folder (a sent mesh may be in it already) and job.json; nothing is left
+        behind if that fails."""
+        job.dir.mkdir(parents=True, exist_ok=True)
         try:
             self._save(job)
         except OSError:

@@ -287,6 +287,8 @@ class Server(socketserver.ThreadingTCPServer):
         except UserError as exc:
             code = exc.code if exc.code in ERROR_CODES else "bad_request"
             reply = error_event(code, exc.message, exc.hint, reason=getattr(exc, "reason", ""))
+        except ProtocolError as exc:  # e.g. a sent mesh that does not unpack
+            reply = error_event(exc.code, exc.message, exc.hint)
         except Exception as exc:
             log.exception("request %s failed", message["type"])
             reply = error_event("internal", f"{type(exc).__name__}: {exc}", "see the server's log")
