@@ -76,6 +76,30 @@ def test_a_cancelled_job_leaves_no_proxy(wf: dict) -> None:
     assert sum(name.startswith("an orange box") for name in r["cancel_objects"]) == 1  # only the first job's
 
 
+# --- Stop and Keep ------------------------------------------------------------------------------
+
+
+def test_stop_and_keep_imports_the_object_as_it_is(wf: dict) -> None:
+    r = _step(wf, "stop_and_keep")
+    assert r["keep_reply"] == "FINISHED" and r["keep_proxies"] and r["keep_proxies"][-1]["objects"] == [PROXY]
+    assert r["keep"] == "FINISHED" and r["keep_ended"]
+    ((name, job),) = r["keep_added"]  # one object, the result: no proxy left among them
+    assert name.startswith("an orange box") and job == r["keep_run"]["job"]
+    mat = r["keep_material"]
+    assert mat["base_color_from"] == ["TEX_IMAGE"] and mat["image"][1] and mat["image"][2]  # packed, loaded
+
+
+def test_stop_and_keep_ends_early_with_a_full_export(wf: dict) -> None:
+    run = _step(wf, "stop_and_keep")["keep_run"]
+    assert 0 < run["state"]["step"] < run["state"]["total"] == 60, run["state"]
+    assert {"mesh.glb", "export.json"} <= set(run["export"]), run["export"]
+
+
+def test_stop_and_keep_leaves_no_proxy(wf: dict) -> None:
+    after = _step(wf, "stop_and_keep")["keep_after"]
+    assert not any(after[k] for k in ("objects", "meshes", "materials", "collections")), after
+
+
 # --- Generate from Selected --------------------------------------------------------------------
 
 
@@ -134,8 +158,39 @@ def test_a_cancelled_texture_leaves_the_object_as_it_was(wf: dict) -> None:
     assert mesh_same and data_same  # no UV map, material or image added
 
 
-def test_jobs_from_the_scene_leave_no_temporary_mesh(wf: dict) -> None:
-    assert wf["temp_meshes_left"] == []
+def test_jobs_from_the_scene_send_their_meshes_and_leave_no_temporary_file(wf: dict) -> None:
+    # The requests carry the meshes (a server on another machine can read them): the server keeps
+    # each in its job's folder; generate from selected and the three texture jobs sent one each.
+    assert wf["temp_files"] == []
+    sent = wf["sent_meshes"]
+    assert sorted(sent.values()) == ["sent-mesh.obj"] * 4, sent
+    assert wf["from_selected_result"]["job"] in sent
+
+
+def test_texture_selected_on_a_mesh_without_uvs_keeps_the_uv_map_it_baked_into(wf: dict) -> None:
+    r = _step(wf, "texture_without_uvs")
+    assert r["no_uv_texture"] == "FINISHED", r["no_uv_texture"]
+    before, after, mat = r["no_uv_before"], r["no_uv_after"], r["no_uv_material"]
+    assert before["uvs"] == {} and list(after["uvs"]) == ["SDI UV"] and after["active_uv"] == "SDI UV"
+    assert mat["uv_map"] == "SDI UV" and r["no_uv_uvs_in_unit_square"]
+    assert mat["base_color_from"] == ["TEX_IMAGE"] and mat["image"] == [[256, 256], True, True]
+    assert mat["pixels_vary"]
+
+
+def test_texture_selected_on_a_mesh_without_uvs_changes_nothing_else(wf: dict) -> None:
+    r = _step(wf, "texture_without_uvs")
+    before, after = r["no_uv_before"], r["no_uv_after"]
+    for key in ("vertices", "polygons", "transform", "modifiers", "mesh"):
+        assert after[key] == before[key], key
+    assert before["slots"] == ["Shell", "Inner"] and after["slots"][1] == "Inner"  # the active slot (0) only
+    assert after["slots"][0] == "Unwrapped SDI"
+    assert r["no_uv_scene_added"] == {
+        "objects": [],
+        "meshes": [],
+        "materials": ["Unwrapped SDI"],
+        "images": ["Unwrapped SDI albedo"],
+    }
+    assert not any(r["no_uv_scene_removed"].values()) and r["no_uv_others_unchanged"]
 
 
 # --- Variations, Promote, Keep Only This -------------------------------------------------------

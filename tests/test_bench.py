@@ -1,5 +1,5 @@
 """The benchmarks' code paths on CPU: gpu_step.py without CUDA and as a smoke run, the
-SD 2.1-base architecture it builds, and cpu_step.py's reference hash grid."""
+SD 2.1-base architecture it builds, cpu_step.py's reference hash grid, and workflow_pictures.py."""
 
 from __future__ import annotations
 
@@ -165,3 +165,26 @@ def test_the_benchmark_model_folder_loads_through_the_product_path(model_cache, 
     assert (prior.latent_size, prior.image_size) == (8, 64)
     emb = prior.encode_prompt("a ripe strawberry")
     assert emb.views.shape == (4, 77, 32) and torch.isfinite(emb.views).all()
+
+
+@pytest.mark.e2e
+def test_workflow_pictures_run_on_cpu_and_stay_small(model_cache, tmp_path):
+    """bench/workflow_pictures.py, two of its pictures at 2 steps (the README's come from 200)."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "workflow_pictures.py"), "--only", "texture", "proxy", "--steps", "2"]
+        + ["--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("texture", "proxy"):
+        assert 0 < (tmp_path / f"workflow-{name}.png").stat().st_size < 200_000
+    committed = sorted((BENCH.parent / "docs" / "images").glob("workflow-*.png"))
+    assert [p.stem for p in committed] == [
+        "workflow-blockout",
+        "workflow-proxy",
+        "workflow-texture",
+        "workflow-variations",
+    ]
+    assert all(p.stat().st_size < 200_000 for p in committed)

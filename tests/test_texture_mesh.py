@@ -12,39 +12,19 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-import xatlas
 from PIL import Image
 
 from sdi_blender import catalog
 from sdi_blender.cli import main
+from sdi_blender.server.evaluation.toy_meshes import toy_mesh
 from sdi_blender.server.export.bake import bake_run
 from sdi_blender.server.scene.cameras import camera_rays, orbit_cameras
 from sdi_blender.server.scene.mesh_file import GLTF_FROM_WORLD, load_mesh
 from sdi_blender.server.scene.mesh_surface import FIT_RADIUS, MeshSurface, SceneFit
-from sdi_blender.server.toyworld.objects import TOY_OBJECTS, ToyObject
+from sdi_blender.server.toyworld.objects import TOY_OBJECTS
 from sdi_blender.server.training.texture_fit import TextureRequest, TextureTrainer, plan_texture, start_texture_run
 
 OBJ = TOY_OBJECTS[0]  # an orange box with a blue ball on its front
-
-
-def toy_mesh(obj: ToyObject, uvs: bool = True) -> tuple[trimesh.Trimesh, np.ndarray]:
-    """The object's primitives as one mesh in glTF axes (with xatlas UVs), and each face's part."""
-    parts, part_of = [], []
-    for k, part in enumerate(obj.parts):
-        if part.kind == "sphere":
-            mesh = trimesh.creation.icosphere(subdivisions=3, radius=part.size[0])
-        else:
-            mesh = trimesh.creation.box(extents=[2 * s for s in part.size])
-        mesh.apply_translation(part.centre)
-        parts.append(mesh)
-        part_of += [k] * len(mesh.faces)
-    whole = trimesh.util.concatenate(parts)
-    vertices = whole.vertices @ GLTF_FROM_WORLD.T
-    if not uvs:
-        return trimesh.Trimesh(vertices, whole.faces, process=False), np.array(part_of)
-    split, faces, uv = xatlas.parametrize(vertices, whole.faces)
-    visual = trimesh.visual.TextureVisuals(uv=uv)
-    return trimesh.Trimesh(vertices[split], faces, process=False, visual=visual), np.array(part_of)
 
 
 def _only_mesh(path: Path) -> trimesh.Trimesh:

@@ -4,15 +4,17 @@
 
 One Blender process and one server (the toy world, a few steps per job) go through Generate
 from Selected watched as it grows (the proxy on the blockout while it trains, gone when the
-result arrives on the blockout), a second generate cancelled while its proxy shows, Texture
-Selected (the mesh untouched, a baked material added; a
-camera refused; a cancelled texture leaves the mesh as it was) and Variations (two, one
-promoted, the other kept apart, then discarded). Each part is a step of its own (see
+result arrives on the blockout), a second generate cancelled while its proxy shows, a third
+stopped with Stop and Keep (the object imported as it is), Texture Selected (the mesh untouched,
+a baked material added; a camera refused; a cancelled texture leaves the mesh as it was; a mesh
+without UVs textured to the end keeps the Smart UV map it was baked into) and Variations (two,
+one promoted, the other kept apart, then discarded). Each part is a step of its own (see
 ``addon_scenarios.step``). Prints one ``RESULT {json}`` line.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -128,6 +130,31 @@ def cancel_growing(result: dict) -> None:
     result["cancel_objects"] = sorted(o.name for o in bpy.data.objects)
 
 
+def stop_and_keep(result: dict) -> None:
+    """A third generate, stopped with Stop and Keep once its proxy shows: the object as it is."""
+    c, settings = runtime().controller(), bpy.context.scene.sdi
+    before = {o.name for o in bpy.data.objects}
+    real, settings.steps = interactive(), 60  # a proxy every 6 steps
+    try:
+        result["keep_reply"] = run_op(bpy.ops.sdi.generate, prompt=PROMPT, preset="toy")
+        result["keep_proxies"] = follow(lambda: not c.running or bool(proxy_state()["objects"]))
+        job = c.job.job if c.job is not None else None
+        result["keep"] = run_op(bpy.ops.sdi.stop_keep)
+        result["keep_ended"] = wait_until(lambda: not c.running)
+    finally:
+        runtime().synchronous, settings.steps = real, 6
+    added = [o for o in bpy.data.objects if o.name not in before]
+    result["keep_added"] = [[o.name, o.get("sdi_job")] for o in added]
+    result["keep_material"] = material_of(added[0], 0) if len(added) == 1 else None
+    run = addon("preferences").server_settings().jobs_dir / str(job)
+    result["keep_run"] = {
+        "state": json.loads((run / "state.json").read_text()),
+        "export": sorted(p.name for p in (run / "export").glob("*")),
+        "job": job,
+    }
+    result["keep_after"] = proxy_state()
+
+
 def mesh_data(obj: bpy.types.Object) -> dict:
     """Everything of the object that texturing must not change (and its slots, which it may)."""
     mesh = obj.data
@@ -211,6 +238,40 @@ def texture_cancelled(result: dict) -> None:
     result["texture_cancel_unchanged"] = [mesh_data(ball) == before, scene_data() == data_before]
 
 
+def others(target: bpy.types.Object) -> dict:
+    """Every other object's transform, data and slots: what texturing ``target`` must not touch."""
+    return {
+        o.name: [[list(r) for r in o.matrix_world], o.data.name if o.data else None, [s.name for s in o.material_slots]]
+        for o in bpy.data.objects
+        if o != target
+    }
+
+
+def texture_without_uvs(result: dict) -> None:
+    """Texture Selected to the end on a mesh without UVs: the Smart UV map it is baked into stays."""
+    bpy.ops.mesh.primitive_ico_sphere_add(subdivisions=2, radius=0.8, location=(3.0, 2.0, 0.4))
+    ball = bpy.context.active_object
+    ball.name = "Unwrapped"
+    while ball.data.uv_layers:
+        ball.data.uv_layers.remove(ball.data.uv_layers[0])
+    ball.rotation_euler, ball.scale = (0.0, 0.4, 1.1), (1.0, 1.3, 0.7)
+    ball.modifiers.new("Subdivision", "SUBSURF")
+    for name in ("Shell", "Inner"):
+        ball.data.materials.append(bpy.data.materials.new(name))
+    ball.active_material_index = 0
+    select_only(ball)
+    before, scene_before, others_before = mesh_data(ball), scene_data(), others(ball)
+    result["no_uv_texture"] = run_op(bpy.ops.sdi.texture_selected, prompt=PROMPT, preset="toy")
+    after = mesh_data(ball)
+    result["no_uv_before"], result["no_uv_after"] = before, after
+    result["no_uv_material"] = material_of(ball, 0)
+    result["no_uv_uvs_in_unit_square"] = all(0.0 <= x <= 1.0 for uv in after["uvs"].get("SDI UV", []) for x in uv)
+    scene_after = scene_data()
+    result["no_uv_scene_added"] = {k: sorted(set(scene_after[k]) - set(scene_before[k])) for k in scene_after}
+    result["no_uv_scene_removed"] = {k: sorted(set(scene_before[k]) - set(scene_after[k])) for k in scene_after}
+    result["no_uv_others_unchanged"] = others(ball) == others_before
+
+
 def variations(result: dict) -> None:
     settings, var = bpy.context.scene.sdi, addon("variations")
     settings.prompt, settings.seed = PROMPT, 3
@@ -251,11 +312,13 @@ def workflows(work: Path) -> dict:
     settings = bpy.context.scene.sdi
     settings.steps, settings.mesh_resolution, settings.texture_size, settings.method = 6, 48, "256", "sds"
     result: dict = {"failed": {}}
-    for part in (grow_from_selected, cancel_growing, texture_selected, texture_refused, texture_cancelled, variations):
+    parts = (grow_from_selected, cancel_growing, stop_and_keep, texture_selected, texture_refused, texture_cancelled)
+    for part in (*parts, texture_without_uvs, variations):
         with step(result, part.__name__):
             part(result)
-    meshes = Path(tempfile.gettempdir()) / "sdi-blender-meshes"  # $TMPDIR: this scenario's own
-    result["temp_meshes_left"] = sorted(p.name for p in meshes.glob("*")) if meshes.is_dir() else []
+    result["temp_files"] = sorted(p.name for p in Path(tempfile.gettempdir()).rglob("*.obj"))  # $TMPDIR: its own
+    jobs = addon("preferences").server_settings().jobs_dir  # the meshes the requests carried, kept by the server
+    result["sent_meshes"] = {p.parent.name: p.name for p in jobs.glob("*/sent-mesh.*")}
     return result
 
 

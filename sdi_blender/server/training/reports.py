@@ -110,6 +110,12 @@ def captioned_grid(
     return _stack(parts)
 
 
+def titled(image: Image.Image, title: str) -> Image.Image:
+    """``image`` under a title band, as :func:`captioned_grid` titles its rows."""
+    font = _font(max(12, min(image.width // 30, 18)))
+    return _stack([_band(image.width, _wrap(title, font, image.width - 8), font, False), image.convert("RGB")])
+
+
 def turntable_image(views: Sequence[Tensor]) -> Image.Image:
     """Turntable views ([3, H, W] in [0, 1]) side by side, each captioned with its azimuth."""
     return captioned_grid([views], [[f"az {a:g}°" for a in view_azimuths(len(views))]])

@@ -16,10 +16,11 @@ from PIL import Image
 from ...catalog import VARIATIONS_SHEET, variation_folder
 from ...errors import UserError
 from ..util.fileio import atomic_write
-from ..util.images import label, png_bytes
+from ..util.images import png_bytes
 from . import run_dir
 from .config import TrainConfig
 from .plan import GenerateRequest, plan_run
+from .reports import titled
 
 
 def plan_variations(req: GenerateRequest, seeds: list[int]) -> list[tuple[GenerateRequest, TrainConfig]]:
@@ -37,11 +38,11 @@ def plan_variations(req: GenerateRequest, seeds: list[int]) -> list[tuple[Genera
 
 
 def contact_sheet(runs: list[Path], seeds: list[int]) -> Image.Image:
-    """The runs' turntables, one row per run, each labelled with its seed."""
+    """The runs' turntables, one row per run, each under its seed."""
     rows = []
     for run, seed in zip(runs, seeds):
         with Image.open(run / run_dir.TURNTABLE) as image:
-            rows.append(label(image.convert("RGB"), f"seed {seed}"))
+            rows.append(titled(image, f"seed {seed}"))
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255))
     for k, row in enumerate(rows):
         sheet.paste(row, (0, sum(r.height for r in rows[:k])))
