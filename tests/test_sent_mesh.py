@@ -9,18 +9,16 @@ import gzip
 import json
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import torch
 import trimesh
+from fake_jobs import fake_manager
 from server_harness import Server
 
 from sdi_blender.errors import UserError
 from sdi_blender.protocol import ProtocolError, mesh_data
 from sdi_blender.server.service.jobs import JobManager
 from sdi_blender.server.service.sent_mesh import SENT_MESH
-from sdi_blender.server.training.trainer import RunResult
 
 
 def _box_obj() -> bytes:
@@ -29,28 +27,11 @@ def _box_obj() -> bytes:
 
 
 def _manager(jobs: Path, configs: list | None = None, ended: threading.Semaphore | None = None, **kw) -> JobManager:
-    class FakeTrainer:
-        def __init__(self, config, run, *, prior, callbacks, resume) -> None:
-            self.steps = config.steps
-            if configs is not None:
-                configs.append(config)
-
-        def run(self, cancel) -> RunResult:
-            return RunResult("done", self.steps)
-
     def emit(job: str, event: dict) -> None:
         if ended is not None and event["event"] in ("done", "cancelled", "error"):
             ended.release()
 
-    return JobManager(
-        jobs,
-        emit,
-        device=torch.device("cpu"),
-        model="tiny",
-        trainer_factory=FakeTrainer,
-        prior_factory=lambda model, device: SimpleNamespace(model_id=model, device=device),
-        **kw,
-    )
+    return fake_manager(jobs, emit, configs=configs, **kw)
 
 
 def test_a_sent_blockout_is_kept_in_its_job_folder_and_job_json_names_it(tmp_path: Path) -> None:

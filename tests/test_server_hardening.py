@@ -10,17 +10,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
+from fake_jobs import fake_manager
 
 from sdi_blender.errors import UserError
 from sdi_blender.protocol import ProtocolError, decode, encode
 from sdi_blender.server.service import jobs as jobs_module
 from sdi_blender.server.service.jobs import Conflict, JobManager
 from sdi_blender.server.service.lock import JobsFolderLock
-from sdi_blender.server.training.trainer import RunResult
 
 TERMINAL = ("done", "cancelled", "error")
 
@@ -42,24 +41,7 @@ class Recorder:
 
 
 def _manager(tmp_path: Path, emit: Recorder, outcome: BaseException | None = None, **kw) -> JobManager:
-    class FakeTrainer:
-        def __init__(self, config, run, *, prior, callbacks, resume) -> None:
-            self.steps = config.steps
-
-        def run(self, cancel) -> RunResult:
-            if outcome is not None:
-                raise outcome
-            return RunResult("done", self.steps)
-
-    return JobManager(
-        tmp_path,
-        emit,
-        device=torch.device("cpu"),
-        model="tiny",
-        trainer_factory=FakeTrainer,
-        prior_factory=lambda model, device: SimpleNamespace(model_id=model, device=device),
-        **kw,
-    )
+    return fake_manager(tmp_path, emit, outcome=outcome, **kw)
 
 
 def _generate(manager: JobManager, prompt: str = "a red apple") -> str:
