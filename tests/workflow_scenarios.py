@@ -192,16 +192,28 @@ def select_only(obj: bpy.types.Object) -> None:
     bpy.context.view_layer.objects.active = obj
 
 
+def dressed(name: str, rotation: tuple, scale: tuple, modifier: tuple[str, str], slots: tuple, active: int):
+    """The active object, named, turned, scaled, with a modifier and material slots (the one at
+    ``active`` active), and selected alone: what texturing it must keep."""
+    obj = bpy.context.active_object
+    obj.name = name
+    obj.rotation_euler, obj.scale = rotation, scale
+    obj.modifiers.new(*modifier)
+    for slot in slots:
+        obj.data.materials.append(bpy.data.materials.new(slot))
+    obj.active_material_index = active
+    select_only(obj)
+    return obj
+
+
+def without_uvs(obj) -> None:
+    while obj.data.uv_layers:
+        obj.data.uv_layers.remove(obj.data.uv_layers[0])
+
+
 def texture_selected(result: dict) -> None:
     bpy.ops.mesh.primitive_cube_add(size=1.0, location=(-2.0, 1.0, 0.5))  # with its UV map
-    cube = bpy.context.active_object
-    cube.name = "Painted"
-    cube.rotation_euler, cube.scale = (0.3, 0.0, 0.2), (1.2, 1.0, 0.9)
-    cube.modifiers.new("Bevel", "BEVEL")
-    for name in ("Kept", "Replaced"):
-        cube.data.materials.append(bpy.data.materials.new(name))
-    cube.active_material_index = 1
-    select_only(cube)
+    cube = dressed("Painted", (0.3, 0.0, 0.2), (1.2, 1.0, 0.9), ("Bevel", "BEVEL"), ("Kept", "Replaced"), 1)
     result["texture_before"] = mesh_data(cube)
     result["texture"] = run_op(bpy.ops.sdi.texture_selected, prompt=PROMPT, preset="toy")
     result["texture_after"] = mesh_data(cube)
@@ -222,8 +234,7 @@ def texture_cancelled(result: dict) -> None:
     bpy.ops.mesh.primitive_ico_sphere_add(subdivisions=1, location=(0.0, 3.0, 0.0))
     ball = bpy.context.active_object
     ball.name = "Unpainted"
-    while ball.data.uv_layers:
-        ball.data.uv_layers.remove(ball.data.uv_layers[0])
+    without_uvs(ball)
     select_only(ball)
     before, data_before = mesh_data(ball), scene_data()
     c, settings = runtime().controller(), bpy.context.scene.sdi
@@ -250,16 +261,8 @@ def others(target: bpy.types.Object) -> dict:
 def texture_without_uvs(result: dict) -> None:
     """Texture Selected to the end on a mesh without UVs: the Smart UV map it is baked into stays."""
     bpy.ops.mesh.primitive_ico_sphere_add(subdivisions=2, radius=0.8, location=(3.0, 2.0, 0.4))
-    ball = bpy.context.active_object
-    ball.name = "Unwrapped"
-    while ball.data.uv_layers:
-        ball.data.uv_layers.remove(ball.data.uv_layers[0])
-    ball.rotation_euler, ball.scale = (0.0, 0.4, 1.1), (1.0, 1.3, 0.7)
-    ball.modifiers.new("Subdivision", "SUBSURF")
-    for name in ("Shell", "Inner"):
-        ball.data.materials.append(bpy.data.materials.new(name))
-    ball.active_material_index = 0
-    select_only(ball)
+    without_uvs(bpy.context.active_object)
+    ball = dressed("Unwrapped", (0.0, 0.4, 1.1), (1.0, 1.3, 0.7), ("Subdivision", "SUBSURF"), ("Shell", "Inner"), 0)
     before, scene_before, others_before = mesh_data(ball), scene_data(), others(ball)
     result["no_uv_texture"] = run_op(bpy.ops.sdi.texture_selected, prompt=PROMPT, preset="toy")
     after = mesh_data(ball)

@@ -131,7 +131,7 @@ class JobManager(JobRunner):
                 on_queued(job.id, position)
             self._queue.append(task)
             self._lock.notify_all()
-        self.log(job, f"queued {kind}: {json.dumps(job.request if kind in ('generate', 'texture') else request)}")
+        self.log(job, f"queued {kind}: {json.dumps(job.request if kind in MESH_FIELDS else request)}")
         return job.id, position
 
     def cancel(self, job_id: str, keep: bool = False) -> str:

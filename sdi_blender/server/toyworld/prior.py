@@ -163,7 +163,7 @@ class ToyWorldPrior:
         """``view_bins`` > 0 is a diagnostic, not the toy world of the issue: a view-dependent
         prompt then selects the pictures in the camera's azimuth bin (``view_bins`` bins of
         360°/``view_bins``, centred on 0°) instead of its view bucket, a camera-aware prior
-        (``bench/toy_view_bins.py``; docs/toy-world.md)."""
+        (``bench/toy_world.py --view-bins``; docs/toy-world.md)."""
         from diffusers import DDIMScheduler
 
         self.picture_noise = picture_noise
