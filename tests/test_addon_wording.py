@@ -29,14 +29,14 @@ STARTED = {
 
 
 def test_the_start_line_shows_the_catalogs_estimate_device_steps_and_size() -> None:
-    assert wording.start_line(STARTED) == "about 88 s on cpu, 400 steps at 32²"
+    assert wording.start_line(STARTED) == "about 17 s on cpu, 400 steps at 32²"
     assert wording.start_line({**STARTED, "steps": None, "estimate": None}) == "on cpu"  # an export
 
 
 def test_events_move_the_status_from_loading_to_download_to_training_to_export(c: Controller) -> None:
     view = c.job = JobView("generate", prompt="x")
     feed(c, {"event": "queued", "job": "J1", "position": 0}, STARTED, {"event": "loading", "job": "J1", "model": "m/x"})
-    assert view.started["estimate"] == "about 88 s" and wording.job_status(view, 60).text == "Loading the model m/x…"
+    assert view.started["estimate"] == "about 17 s" and wording.job_status(view, 60).text == "Loading the model m/x…"
     feed(c, {"event": "download", "job": "J1", "model": "m/x", "file": "unet/w.bin", "done": 5 * 10**8, "total": 10**9})
     line = wording.job_status(view, 60)
     assert (line.text, line.fraction, line.alert) == ("Downloading unet/w.bin: 500 / 1,000 MB", 0.5, False)

@@ -18,15 +18,15 @@ def test_every_preset_has_a_cost_for_cpu_and_gpu_and_help_shows_it() -> None:
         costs = catalog.preset_costs(name)
         assert costs.startswith("CPU ") and ", GPU " in costs
         assert costs in PRESET_HELP
-    assert catalog.preset_costs("toy") == "CPU about 88 s, GPU unmeasured"  # 400 × 0.22 s measured
+    assert catalog.preset_costs("toy") == "CPU about 26 s, GPU unmeasured"  # 600 × 0.043 s measured
     assert catalog.preset_costs("standard").startswith("CPU hours")
 
 
 def test_the_start_line_names_the_run_and_its_cost() -> None:
     config = make_config("an orange box with a blue ball on its front", "toy")
     first, cost = start_lines(config, torch.device("cpu"), Path("runs/box"), config.steps)
-    assert "model toyworld" in first and "400 steps at 32 px on cpu" in first and "runs/box" in first
-    assert cost.startswith("estimated: about 88 s (0.22 s/step, measured")
+    assert "model toyworld" in first and "600 steps at 32 px on cpu" in first and "runs/box" in first
+    assert cost.startswith("estimated: about 26 s (0.04 s/step, measured")
 
 
 def test_stable_diffusion_on_a_cpu_is_warned_about() -> None:

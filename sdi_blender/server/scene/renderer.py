@@ -9,7 +9,9 @@ Sampling: on CUDA nerfacc's occupancy-grid estimator skips empty space (its ray
 marching is a CUDA kernel) and, as the official renderer does, evaluates the field's density
 at the marched samples to drop the nearly transparent ones and those behind an opaque
 surface; elsewhere every ray gets ``num_samples_per_ray`` uniform (stratified while
-training) samples between its entry into and exit from the box.
+training) samples between its entry into and exit from the box, and the same occupancy grid
+(nerfacc's, updated the same way; its update runs on any device) leaves the samples in its
+empty cells out of the field's evaluation, so a CPU run also skips empty space.
 Memory: rays are rendered in chunks; with gradients on, each chunk is recomputed during
 the backward pass (gradient checkpointing), so a 512×512 render with 512 samples per
 ray never holds the whole batch's per-sample intermediates at once.
@@ -50,7 +52,8 @@ class RendererConfig:
     min_samples_per_ray: int = 64
     """... and then ``num_samples_per_ray`` down to this, before it gives up."""
     occupancy_grid: bool = True
-    """Use nerfacc's occupancy-grid estimator on CUDA (ignored on other devices)."""
+    """Skip empty space with nerfacc's occupancy grid: its ray marching on CUDA, a per-sample
+    cell lookup elsewhere."""
     grid_resolution: int = 32
     """Cells per side of the occupancy grid."""
     grid_update_every: int = 16
@@ -152,14 +155,32 @@ class VolumeRenderer(nn.Module):
         return self.estimator is not None and device.type == "cuda"
 
     @torch.no_grad()
-    def update_grid(self, step: int) -> None:
+    def update_grid(self, step: int, seed: int | None = None) -> None:
         """Refresh the occupancy grid from the field's density (call once per training step;
-        a step that is retried, e.g. after running out of memory, updates it only once)."""
-        if self.estimator is None or not self.uses_grid(next(self.field.parameters()).device):
-            return
-        if step == self._grid_step:
+        a step that is retried, e.g. after running out of memory, updates it only once).
+
+        nerfacc looks at a random point per cell with the global RNG; given the run's ``seed``,
+        those points are drawn from a stream seeded by (seed, step) instead, so a run's result
+        depends neither on what else in the process drew random numbers nor on retried steps."""
+        if self.estimator is None or step == self._grid_step:
             return
         self._grid_step = step
+        if step % self.config.grid_update_every:
+            return  # nerfacc would skip it too
+        if seed is None:
+            self._update_grid(step)
+            return
+        device = next(self.field.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            stream = (seed * 1_000_003 + step) % 2**63
+            torch.default_generator.manual_seed(stream)
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(stream)
+            self._update_grid(step)
+
+    def _update_grid(self, step: int) -> None:
+        assert self.estimator is not None
         self.estimator.train()
         self.estimator.update_every_n_steps(
             step,
@@ -253,15 +274,9 @@ class VolumeRenderer(nn.Module):
             t_mid = (t0 + t1) / 2
             ray_of = lambda v: v[ray_idx]  # noqa: E731
         positions = ray_of(origins) + ray_of(dirs) * t_mid[..., None]
-        # Normals are always needed: shading, the orientation loss and the normal map.
-        out = self.field(positions.reshape(-1, 3), with_normals=True)
-        assert out.normal is not None  # asked for
         shape = t_mid.shape
-        density = out.density.reshape(shape)
-        normal = out.normal.reshape(*shape, 3)
-        colour = shade(
-            out.albedo, out.normal, positions.reshape(-1, 3), ray_of(lights).reshape(-1, 3), shading, self.shading
-        ).reshape(*shape, 3)
+        density, colour, normal = self._query(positions.reshape(-1, 3), ray_of(lights).reshape(-1, 3), shading)
+        density, colour, normal = density.reshape(shape), colour.reshape(*shape, 3), normal.reshape(*shape, 3)
         packed = _packed(ray_idx, n_rays)
         weights, _, _ = nerfacc.render_weight_from_density(t0, t1, density, **packed)
 
@@ -275,6 +290,38 @@ class VolumeRenderer(nn.Module):
         facing = (normal * ray_of(dirs)).sum(-1, keepdim=True).clamp_min(0) ** 2
         orient = acc(facing, weights.detach())
         return torch.cat([acc(colour), opacity, depth, z_var, comp_normal, orient], dim=-1)
+
+    def _query(self, points: Tensor, lights: Tensor, shading: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Density [S], shaded colour [S, 3] and normal [S, 3] at sample points [S, 3]; points in
+        the occupancy grid's empty cells (off CUDA, once the grid has been filled) are left out
+        of the field's evaluation and get zero density, colour and normal."""
+        keep = None if self.uses_grid(points.device) else self._occupied(points)
+        query = points if keep is None else points[keep]
+        # Normals are always needed: shading, the orientation loss and the normal map.
+        out = self.field(query, with_normals=True)
+        assert out.normal is not None  # asked for
+        colour = shade(out.albedo, out.normal, query, lights if keep is None else lights[keep], shading, self.shading)
+        if keep is None:
+            return out.density, colour, out.normal
+        return tuple(_scatter(keep, v) for v in (out.density, colour, out.normal))  # type: ignore[return-value]
+
+    def _occupied(self, points: Tensor) -> Tensor | None:
+        """Whether each point [S, 3] lies in an occupied cell of the grid; None without a grid or
+        before its first update (an all-empty grid has not seen the field yet)."""
+        if self.estimator is None or not bool(self.estimator.binaries.any()):
+            return None
+        grid = self.estimator.binaries[0]  # [X, Y, Z], nerfacc's cell order
+        res = torch.tensor(grid.shape, device=points.device)
+        cell = ((points + self.radius) / (2 * self.radius) * res).long()
+        cell = torch.minimum(cell.clamp_min(0), res - 1)
+        return grid[cell[:, 0], cell[:, 1], cell[:, 2]]
+
+
+def _scatter(keep: Tensor, values: Tensor) -> Tensor:
+    """``values`` [K, ...] of the kept points placed among zeros for all points [S, ...]."""
+    full = values.new_zeros(keep.shape[0], *values.shape[1:])
+    full[keep] = values
+    return full
 
 
 def _z_variance_terms(weights: Tensor, t_mid: Tensor, opacity: Tensor, ray_idx: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -49,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "turntable_views": 4,
     },
     # The built-in toy world (an exact denoiser of known objects) at its 32×32 pictures: the
-    # end-to-end proof that a prompt comes out as the right object, on a CPU in about a minute.
+    # end-to-end proof that a prompt comes out as the right object, on a CPU in under a minute.
     # Its prior is exact, so CFG 0 (the conditional alone) and no Perp-Neg; its cameras are the
     # ones its pictures cover (TOY_CAMERAS); its objects fit a box of radius 1 (half the samples
     # of the official radius 2 at the same spacing); see docs/toy-world.md.

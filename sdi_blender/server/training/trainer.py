@@ -167,7 +167,7 @@ class Trainer:
         cfg, paper_step, stage = self.config, self.config.paper_step(self.step), self._stage
         self.field.set_step(paper_step)
         with stage("grid"):
-            self.renderer.update_grid(self.step)
+            self.renderer.update_grid(self.step, cfg.seed)
         with stage("render"):
             host_cams = sample_cameras(cfg.cameras, cfg.batch_size, cfg.resolution, cfg.resolution, self.gen_cpu)
             cams = host_cams.to(self.device)
