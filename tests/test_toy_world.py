@@ -286,3 +286,19 @@ def test_view_bins_condition_on_the_cameras_azimuth_bin(toy):
     assert near.numel() > 0 and wrapped.abs().max() <= 15.0
     with pytest.raises(ValueError, match="Perp-Neg"):
         fine.predictor(fine.encode_prompt(TOY_PROMPTS[0]), torch.tensor([10.0]), torch.tensor([0.0]))
+
+
+def test_the_toy_presets_inversion_mirrors_its_guidance_about_the_unconditional_model():
+    """The paper's SDI pairs CFG s with inversion guidance −s in the form ε_u + s·(ε_c − ε_u)
+    (its Perp-Neg default). The toy preset predicts with the conditional alone (weight 1 on
+    ε_c − ε_u), so its inversion must weigh it −1, away from the prompt; mirrored in the plain
+    convention instead (0 and 0), the inversion would be the conditional model too."""
+    from sdi_blender.server.diffusion.prompts import guided_noise
+    from sdi_blender.server.training.config import make_config
+
+    config = make_config(TOY_PROMPTS[0], "toy")
+    assert not config.perp_neg
+    eps_u, eps_c = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
+    weight = lambda s: float(guided_noise(eps_c, eps_u, s))  # noqa: E731 (the weight on ε_c − ε_u)
+    assert weight(config.guidance_scale) == 1.0
+    assert weight(config.inversion_guidance_scale) == -weight(config.guidance_scale)

@@ -50,7 +50,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The built-in toy world (an exact denoiser of known objects) at its 32×32 pictures: the
     # end-to-end proof that a prompt comes out as the right object, on a CPU in under a minute.
-    # Its prior is exact, so CFG 0 (the conditional alone) and no Perp-Neg; its cameras are the
+    # Its prior is exact, so CFG 0 (the conditional alone) and no Perp-Neg, and SDI's inversion
+    # guidance mirrors that about the unconditional model, as the paper's 7.5 / −7.5 do with
+    # Perp-Neg: −2 in the plain convention is ε_u − (ε_c − ε_u); its cameras are the
     # ones its pictures cover (TOY_CAMERAS); its objects fit a box of radius 1 (half the samples
     # of the official radius 2 at the same spacing); see docs/toy-world.md.
     "toy": {
@@ -64,7 +66,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "preview_size": 64,
         "turntable_views": 4,
         "guidance_scale": 0.0,
-        "inversion_guidance_scale": 0.0,
+        "inversion_guidance_scale": -2.0,
         "perp_neg": False,
         **{f"cameras.{k}": v for k, v in TOY_CAMERAS.items()},
     },
