@@ -91,7 +91,7 @@ def test_stop_and_keep_imports_the_object_as_it_is(wf: dict) -> None:
 
 def test_stop_and_keep_ends_early_with_a_full_export(wf: dict) -> None:
     run = _step(wf, "stop_and_keep")["keep_run"]
-    assert 0 < run["state"]["step"] < run["state"]["total"] == 60, run["state"]
+    assert 0 < run["state"]["step"] < run["state"]["total"] == 200, run["state"]
     assert {"mesh.glb", "export.json"} <= set(run["export"]), run["export"]
 
 

@@ -95,7 +95,9 @@ def grow_from_selected(result: dict) -> None:
     """Generate from Selected, watched as it grows: the proxy is on the blockout, then the result."""
     c, block = runtime().controller(), blockout()
     result["blockout"] = {"transform": transform(block), "bbox": local_bbox(block)}
-    real, bpy.context.scene.sdi.steps = interactive(), 8  # a proxy every tenth: every step not skipped
+    # A proxy every 6 steps. One still being made skips the next (service/proxy.py), so the job
+    # must outlast a few extractions: at 0.04 s a toy step, 8 steps gave only one proxy.
+    real, bpy.context.scene.sdi.steps = interactive(), 60
     try:
         result["from_selected"] = run_op(bpy.ops.sdi.generate_from_selected, prompt=PROMPT, preset="toy")
         result["grow_proxies"] = follow(lambda: not c.running, block)
@@ -117,7 +119,10 @@ def grow_from_selected(result: dict) -> None:
 def cancel_growing(result: dict) -> None:
     """A second job, cancelled once its proxy is in the viewport."""
     c = runtime().controller()
-    real, bpy.context.scene.sdi.steps = interactive(), 60  # a proxy every 6 steps
+    real, bpy.context.scene.sdi.steps = (
+        interactive(),
+        200,
+    )  # a proxy every 20 steps; the rest is the margin for the stop (0.04 s a step)
     try:
         result["cancel_reply"] = run_op(bpy.ops.sdi.generate, prompt=PROMPT, preset="toy")
         result["cancel_proxies"] = follow(lambda: not c.running or bool(proxy_state()["objects"]))
@@ -134,7 +139,10 @@ def stop_and_keep(result: dict) -> None:
     """A third generate, stopped with Stop and Keep once its proxy shows: the object as it is."""
     c, settings = runtime().controller(), bpy.context.scene.sdi
     before = {o.name for o in bpy.data.objects}
-    real, settings.steps = interactive(), 60  # a proxy every 6 steps
+    real, settings.steps = (
+        interactive(),
+        200,
+    )  # a proxy every 20 steps; the rest is the margin for the stop (0.04 s a step)
     try:
         result["keep_reply"] = run_op(bpy.ops.sdi.generate, prompt=PROMPT, preset="toy")
         result["keep_proxies"] = follow(lambda: not c.running or bool(proxy_state()["objects"]))
