@@ -376,7 +376,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    from .server.service.server import DESCRIPTION, add_arguments, run_from_args
+    from .server.service.launch import DESCRIPTION, add_arguments, run_from_args
 
     p = sub.add_parser(
         "serve", help="run the generation server that the Blender add-on talks to", description=DESCRIPTION

@@ -246,11 +246,12 @@ def bare_server(monkeypatch):
     """A Server without jobs, on loopback, with short limits; yields (server, connect)."""
     import socket
 
-    from sdi_blender.server.service import server as server_module
+    from sdi_blender.server.service import connection
+    from sdi_blender.server.service.server import Server
 
-    monkeypatch.setattr(server_module, "HELLO_TIMEOUT_S", 1.0)
-    monkeypatch.setattr(server_module, "MAX_CONNECTIONS", 2)
-    srv = server_module.Server(("127.0.0.1", 0), "secret-token", "cpu")
+    monkeypatch.setattr(connection, "HELLO_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(Server, "max_connections", 2)
+    srv = Server(("127.0.0.1", 0), "secret-token", "cpu")
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
 
@@ -312,12 +313,12 @@ def test_connections_are_capped_with_a_clear_refusal(bare_server) -> None:
 def test_a_client_that_never_reads_is_dropped_by_bytes(monkeypatch) -> None:
     import socket
 
-    from sdi_blender.server.service import server as server_module
+    from sdi_blender.server.service import connection
 
-    monkeypatch.setattr(server_module, "OUTBOX_BYTES", 1 << 20)
+    monkeypatch.setattr(connection, "OUTBOX_BYTES", 1 << 20)
     ours, theirs = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
-    conn = server_module.Connection(ours, "test")
+    conn = connection.Connection(ours, "test")
     big = {"event": "preview", "job": "J", "step": 1, "png": "x" * (1 << 16)}
     for _ in range(64):  # 4 MiB in 64 messages, far under the message-count cap
         conn.send(big)

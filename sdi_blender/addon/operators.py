@@ -250,7 +250,7 @@ class SDI_OT_check_python(bpy.types.Operator):
             ctl.check_python(python)
             log = tempfile.TemporaryFile()
             proc = subprocess.Popen(
-                [python, "-c", "import sdi_blender.server.service.server"], stdout=subprocess.DEVNULL, stderr=log
+                [python, "-c", "import sdi_blender.server.service.launch"], stdout=subprocess.DEVNULL, stderr=log
             )
         except (ctl.ServerError, OSError) as exc:
             self.report({"ERROR"}, f"SDI: {exc}")
