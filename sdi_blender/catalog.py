@@ -138,7 +138,7 @@ DEFAULT_PRESET = "standard"
 
 # -- what a run costs ------------------------------------------------------------------------
 STEP_SECONDS: dict[tuple[str, str, str], tuple[float, str]] = {
-    ("cpu", "test", TINY): (0.86, "measured, 2-core CPU (bench/results/cpu-step-2026-11-26.json)"),
+    ("cpu", "test", TINY): (0.16, "measured, 2-core CPU (bench/results/cpu-step-2026-12-02.json)"),
     ("cpu", "toy", TOYWORLD): (0.043, "measured, 1 thread of a 2-core CPU (bench/results/toy-world-2026-12-02.json)"),
     ("cuda", "paper", "stable-diffusion"): (0.71, "the paper's A6000 figure (119 min per 10,000 SDI steps)"),
 }

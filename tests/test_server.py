@@ -85,7 +85,7 @@ def test_generate_with_export_then_export_again(server: Server):
         "resolution": 32,
         "run": str(server.jobs_dir / job),
     }
-    assert events[0]["estimate"] == "about a few seconds"  # catalog.estimate: 4 steps × 0.86 s measured
+    assert events[0]["estimate"] == "about a few seconds"  # catalog.estimate: 4 steps × 0.16 s measured
     _check_export_stages(events)
     assert [e["step"] for e in events if e["event"] == "progress"] == [1, 2, 3, 4]
     assert all(e["total"] == 4 and e["loss"] > 0 for e in events if e["event"] == "progress")
