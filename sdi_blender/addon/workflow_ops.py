@@ -9,7 +9,7 @@ applied when their job ends (``workflows.py``), as Generate's are.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import bpy
 
@@ -39,11 +39,10 @@ def _selected(op: bpy.types.Operator, context: bpy.types.Context) -> bpy.types.O
     return obj
 
 
-class SDI_OT_generate_from_selected(bpy.types.Operator):
-    """Generate from the prompt, starting from the selected mesh's shape (a blockout); the result
-    takes the blockout's place"""
+class _OnSelected:
+    """What the operators on the selected mesh share: a prompt and a preset (empty: the panel's),
+    offered only while no job runs, and the check of the selection and the fields."""
 
-    bl_idname, bl_label = "sdi.generate_from_selected", "Generate from Selected"
     prompt: bpy.props.StringProperty(name="Prompt", description="Empty: the panel's", options={"SKIP_SAVE"})
     preset: bpy.props.StringProperty(name="Preset", description="Empty: the panel's", options={"SKIP_SAVE"})
 
@@ -51,11 +50,25 @@ class SDI_OT_generate_from_selected(bpy.types.Operator):
     def poll(cls, context: bpy.types.Context) -> bool:
         return _idle(context)
 
+    def _start(self, context: bpy.types.Context) -> tuple[bpy.types.Object, dict[str, Any]] | None:
+        """(the selected mesh, the request's fields), or None once the problem was reported."""
+        op = cast(bpy.types.Operator, self)
+        obj = _selected(op, context)
+        fields = generate_fields(op, context, self.prompt, self.preset) if obj is not None else None
+        return None if obj is None or fields is None else (obj, fields)
+
+
+class SDI_OT_generate_from_selected(_OnSelected, bpy.types.Operator):
+    """Generate from the prompt, starting from the selected mesh's shape (a blockout); the result
+    takes the blockout's place"""
+
+    bl_idname, bl_label = "sdi.generate_from_selected", "Generate from Selected"
+
     def execute(self, context: bpy.types.Context) -> set[str]:
-        obj = _selected(self, context)
-        fields = generate_fields(self, context, self.prompt, self.preset) if obj is not None else None
-        if obj is None or fields is None:
+        started = self._start(context)
+        if started is None:
             return {"CANCELLED"}
+        obj, fields = started
         try:  # with its modifiers: the shape the artist sees
             sent = _mesh_data(self, obj, selection.obj_bytes(selection.evaluated_mesh(context, obj)))
         finally:
@@ -66,23 +79,17 @@ class SDI_OT_generate_from_selected(bpy.types.Operator):
         return submit(self, view, "generate", **fields, init_mesh_data=sent)
 
 
-class SDI_OT_texture_selected(bpy.types.Operator):
+class SDI_OT_texture_selected(_OnSelected, bpy.types.Operator):
     """Paint the selected mesh from the prompt, keeping its geometry: a baked image texture in its
     own UVs (a Smart UV Project when it has none)"""
 
     bl_idname, bl_label, bl_options = "sdi.texture_selected", "Texture Selected", {"REGISTER", "UNDO"}
-    prompt: bpy.props.StringProperty(name="Prompt", description="Empty: the panel's", options={"SKIP_SAVE"})
-    preset: bpy.props.StringProperty(name="Preset", description="Empty: the panel's", options={"SKIP_SAVE"})
-
-    @classmethod
-    def poll(cls, context: bpy.types.Context) -> bool:
-        return _idle(context)
 
     def execute(self, context: bpy.types.Context) -> set[str]:
-        obj = _selected(self, context)
-        fields = generate_fields(self, context, self.prompt, self.preset) if obj is not None else None
-        if obj is None or fields is None:
+        started = self._start(context)
+        if started is None:
             return {"CANCELLED"}
+        obj, fields = started
         uvs, new = selection.loop_uvs(obj)
         sent = _mesh_data(self, obj, selection.obj_bytes(obj.data, uvs))
         if sent is None:
