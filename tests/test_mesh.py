@@ -79,6 +79,19 @@ def test_auto_threshold_prefers_the_official_level() -> None:
     assert auto_threshold(grid) == (25.0, "official")
 
 
+def test_the_official_level_scales_with_the_renderers_marching_step() -> None:
+    from sdi_blender.server.export.mesh import official_level
+    from sdi_blender.server.training.config import make_config
+
+    assert official_level(2.0, 512) == 25.0  # the official renderer: radius 2, 512 samples
+    toy = make_config("an orange box with a blue ball on its front", "toy")
+    assert official_level(toy.field.radius, toy.renderer.num_samples_per_ray) == 3.125  # 8× the step
+    # A field trained at that step is as opaque at density 10 as the official one at 80: a
+    # faint-looking toy field has its surface at the scaled level, not at an Otsu guess.
+    grid = sample_density(ball(peak=10.0), 64, 2.0)
+    assert auto_threshold(grid, official_level(1.0, 32)) == (3.125, "official")
+
+
 def test_auto_threshold_falls_back_for_a_faint_field() -> None:
     grid = sample_density(ball(peak=10.0), 64, 2.0)
     level, rule = auto_threshold(grid)

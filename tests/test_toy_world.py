@@ -302,3 +302,16 @@ def test_the_toy_presets_inversion_mirrors_its_guidance_about_the_unconditional_
     weight = lambda s: float(guided_noise(eps_c, eps_u, s))  # noqa: E731 (the weight on ε_c − ε_u)
     assert weight(config.guidance_scale) == 1.0
     assert weight(config.inversion_guidance_scale) == -weight(config.guidance_scale)
+
+
+def test_the_toy_presets_guidance_weight_keeps_the_papers_balance_with_the_regularisers():
+    """The paper's regulariser weights are set against guidance that weighs ε_c − ε_u by 8.5
+    (CFG 7.5, plain convention); the toy's weighs it by 1, so its guidance loss weighs 8.5."""
+    from sdi_blender.server.diffusion.prompts import guided_noise
+    from sdi_blender.server.training.config import TrainConfig, make_config
+
+    toy, paper = make_config(TOY_PROMPTS[0], "toy"), TrainConfig(prompt="x")
+    eps_u, eps_c = torch.zeros(1, 1, 1, 1), torch.ones(1, 1, 1, 1)
+    weight = lambda s: float(guided_noise(eps_c, eps_u, s))  # noqa: E731
+    assert toy.losses.guidance == weight(paper.guidance_scale) / weight(toy.guidance_scale) == 8.5
+    assert toy.losses.at(0) == {**paper.losses.at(0), "guidance": 8.5}  # the regularisers are the paper's

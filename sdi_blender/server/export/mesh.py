@@ -23,7 +23,18 @@ from sdi_blender.errors import UserError
 from ..util.step_timer import timed
 
 OFFICIAL_THRESHOLD = 25.0
-"""The official export's density level (tuned for 128³ grids of this field)."""
+"""The official export's density level, for the official renderer (radius 2, 512 samples)."""
+
+
+def official_level(radius: float, samples_per_ray: int) -> float:
+    """The official level for a run rendered with marching step √3·2r/N.
+
+    What a render sees as opaque is density × step, so a trained field's densities scale as
+    1/step: the official 25 at step √3·2·2/512 is 25 · (4/512) / (2r/N) here, so 25 for the
+    paper's presets (r = 2, N = 512) and 3.125 for the toy preset's (r = 1, N = 32)."""
+    return OFFICIAL_THRESHOLD * (4.0 / 512) / (2.0 * radius / samples_per_ray)
+
+
 MAX_RESOLUTION = 1024
 _HIST_SAMPLES = 1 << 24  # Otsu on a strided subsample of bigger grids: same answer, less time
 
@@ -42,6 +53,8 @@ class MeshSettings:
     """Drop connected pieces with fewer faces than this fraction of the largest piece's."""
     bounds: float = 2.0
     """Half-size of the sampled cube ``[-bounds, bounds]^3`` (the field's scene radius)."""
+    official: float = OFFICIAL_THRESHOLD
+    """The level :func:`auto_threshold` tries first (:func:`official_level` of the run)."""
 
 
 def sample_density(
@@ -95,12 +108,13 @@ def _otsu_level(grid: np.ndarray) -> float | None:
     return float(np.expm1(edges[cut + 1]))
 
 
-def auto_threshold(grid: np.ndarray) -> tuple[float, str]:
+def auto_threshold(grid: np.ndarray, official: float = OFFICIAL_THRESHOLD) -> tuple[float, str]:
     """A density level for ``grid`` and the name of the rule that chose it.
 
     Rules, in order:
 
-    * ``"official"``: 25, the official export's level, if the fraction of samples above 25 is
+    * ``"official"``: ``official`` (25, the official export's level, scaled to the run's
+      marching step by :func:`official_level`), if the fraction of samples above it is
       strictly between 0 and 0.5 (a surface exists and the box is not mostly solid);
     * ``"otsu"``: otherwise Otsu's threshold on ``log1p(density)`` over a 256-bin histogram,
       i.e. the level that best splits the samples into an "empty" and an "occupied" class
@@ -108,9 +122,9 @@ def auto_threshold(grid: np.ndarray) -> tuple[float, str]:
 
     Raises :class:`UserError` if the field is constant (no level can give a surface).
     """
-    above = float(np.count_nonzero(grid > OFFICIAL_THRESHOLD)) / grid.size
+    above = float(np.count_nonzero(grid > official)) / grid.size
     if 0.0 < above < 0.5:
-        return OFFICIAL_THRESHOLD, "official"
+        return official, "official"
     level = _otsu_level(grid)
     if level is None:
         raise UserError(_flat_field_message(grid))
@@ -214,7 +228,7 @@ def build_mesh(
 
     with stage("threshold", 0.0):
         if settings.threshold is None:
-            threshold, rule = auto_threshold(grid)
+            threshold, rule = auto_threshold(grid, settings.official)
         else:
             threshold, rule = float(settings.threshold), "user"
 

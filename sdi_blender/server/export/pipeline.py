@@ -32,7 +32,7 @@ from ..scene.mesh_file import GLTF_FROM_WORLD
 from ..training.checkpoint import load_field
 from ..util.devices import resolve_device
 from ..util.fileio import staged_folder
-from .mesh import MeshSettings, build_mesh
+from .mesh import MeshSettings, build_mesh, official_level
 from .texture import bake_texture
 
 EXPORT_DIR = catalog.EXPORT_DIR
@@ -110,6 +110,7 @@ def export_run(
             threshold=settings.threshold,
             faces=settings.faces,
             bounds=config.field.radius,
+            official=official_level(config.field.radius, config.renderer.num_samples_per_ray),
         ),
         dev,
         progress,

@@ -28,7 +28,7 @@ import torch
 
 from ...errors import UserError
 from ...protocol import job_event
-from ..export.mesh import auto_threshold, extract_mesh, sample_density
+from ..export.mesh import OFFICIAL_THRESHOLD, auto_threshold, extract_mesh, sample_density
 from ..training.trainer import Progress, TrainerCallbacks
 
 PROXY_RESOLUTION = 64
@@ -38,13 +38,15 @@ MAX_PROXY_FACES = 200_000
 _log = logging.getLogger("sdi_blender.server")
 
 
-def proxy_arrays(field: Any, bounds: float, resolution: int = PROXY_RESOLUTION) -> dict[str, Any] | None:
+def proxy_arrays(
+    field: Any, bounds: float, resolution: int = PROXY_RESOLUTION, official: float = OFFICIAL_THRESHOLD
+) -> dict[str, Any] | None:
     """The field's coarse mesh as the event's fields (base64 arrays, Blender's axes), or None
-    when it has no surface yet."""
+    when it has no surface yet; ``official`` is the export's first level (``mesh.official_level``)."""
     device = next(field.parameters()).device
     grid = sample_density(lambda x: field.density(x), resolution, bounds, device)
     try:
-        mesh = extract_mesh(grid, auto_threshold(grid)[0], bounds)
+        mesh = extract_mesh(grid, auto_threshold(grid, official)[0], bounds)
     except UserError:  # no surface at any level yet
         return None
     if not 0 < len(mesh.faces) <= MAX_PROXY_FACES:
@@ -80,9 +82,12 @@ class ProxyCallbacks(TrainerCallbacks):
         bounds: float,
         placement: dict[str, Any] | None = None,
         resolution: int = PROXY_RESOLUTION,
+        official: float = OFFICIAL_THRESHOLD,
     ) -> None:
-        """``placement``: sent with each proxy of a run started from a mesh (see ``init_mesh.placement``)."""
+        """``placement``: sent with each proxy of a run started from a mesh (see ``init_mesh.placement``);
+        ``official``: the run's export level (``mesh.official_level``)."""
         self.inner, self.job, self.emit, self.bounds, self.resolution = inner, job, emit, bounds, resolution
+        self.official = official
         self.placement = {"placement": placement} if placement is not None else {}
         self._thread: threading.Thread | None = None
         self.sent = 0
@@ -118,7 +123,7 @@ class ProxyCallbacks(TrainerCallbacks):
 
     def _send(self, step: int, field: Any) -> None:
         try:
-            arrays = proxy_arrays(field, self.bounds, self.resolution)
+            arrays = proxy_arrays(field, self.bounds, self.resolution, self.official)
         except Exception:  # a proxy is a nicety: its failure must not touch the job
             _log.exception("job %s: the proxy at step %d failed", self.job, step)
             return

@@ -26,6 +26,7 @@ from ...errors import UserError
 from ...protocol import error_event, job_event
 from ..diffusion.hub import DownloadCancelled, DownloadPolicy, download_policy
 from ..export.child import ExportCancelled, export_in_child
+from ..export.mesh import official_level
 from ..export.pipeline import ExportSettings, export_run
 from ..training import run_dir
 from ..training.config import TrainConfig
@@ -193,7 +194,9 @@ class JobRunner:
         if not task.resume:  # only once the model loaded: a missing model leaves no run behind
             texture_job.prepare(task.texture, job.dir)
         factory = texture_job.trainer_factory(task.texture) if task.texture is not None else self._trainer_factory
-        proxies = ProxyCallbacks(events, job.id, self.emit, task.config.field.radius, placement(task.config.init_mesh))
+        cfg = task.config
+        level = official_level(cfg.field.radius, cfg.renderer.num_samples_per_ray)
+        proxies = ProxyCallbacks(events, job.id, self.emit, cfg.field.radius, placement(cfg.init_mesh), official=level)
         with proxies as callbacks:
             trainer = factory(task.config, job.dir, prior=prior, callbacks=callbacks, resume=task.resume)
             return trainer.run(lambda: job.cancel.is_set() or job.id in self.keep).status
