@@ -40,9 +40,10 @@ class InitMesh:
     """Regression steps of the pre-fit."""
     points: int = 8192
     """Random points per regression step."""
-    density: float = 50.0
-    """The density the inside is fitted to (outside: 0): twice the export's official level 25, so
-    that level cuts the blockout's surface from the first step on. (At 20, below it, the export
+    density: float | None = None
+    """The density the inside is fitted to (outside: 0); None: twice the run's official export
+    level (``export.mesh.official_level``: 50 for the paper's renderer, 6.25 for the toy's), so
+    that level cuts the blockout's surface from the first step on. (At 20, below 25, the export
     fell back to Otsu until training pushed a few spots above 25; the official level then kept
     only those: IoU 0.03 after 20 steps with views that still showed the whole box.)"""
     grid: int = 48
@@ -81,8 +82,9 @@ def occupancy_grid(init: InitMesh, radius: float) -> torch.Tensor:
     return torch.from_numpy(inside.reshape(n, n, n))
 
 
-def fit_field(field: Any, init: InitMesh, seed: int) -> list[float]:
-    """Regress ``field``'s density to the mesh's occupancy × ``init.density``; returns the losses.
+def fit_field(field: Any, init: InitMesh, seed: int, level: float = 25.0) -> list[float]:
+    """Regress ``field``'s density to the mesh's occupancy × ``init.density`` (default twice the
+    export's ``level``); returns the losses.
 
     ``field`` is an :class:`~sdi_blender.server.scene.field.ImplicitVolume` (on any device); only
     the parameters the density depends on receive gradients.
@@ -96,6 +98,7 @@ def fit_field(field: Any, init: InitMesh, seed: int) -> list[float]:
     optimiser = torch.optim.Adam(
         [*field.encoding.parameters(), *field.density_mlp.parameters()], lr=0.01, betas=(0.9, 0.99), eps=1e-15
     )
+    inside = init.density if init.density is not None else 2.0 * level
     field.set_step(0)  # the levels training starts with
     losses = []
     for _ in range(init.steps):
@@ -103,7 +106,7 @@ def fit_field(field: Any, init: InitMesh, seed: int) -> list[float]:
         # grid_sample takes (x, y, z) as (W, H, D): the grid is [x, y, z], so the coordinates reversed.
         grid = (x / radius).flip(-1)[None, :, None, None]
         occupied = F.grid_sample(target, grid, align_corners=True)[0, 0, :, 0, 0]
-        loss = F.mse_loss(field.density(x), occupied * init.density)
+        loss = F.mse_loss(field.density(x), occupied * inside)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

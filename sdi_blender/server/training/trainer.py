@@ -125,9 +125,11 @@ class Trainer:
         torch.manual_seed(config.seed)  # the field's initialisation
         self.field = ImplicitVolume(config.field, hash_kernel=config.renderer.hash_kernel).to(self.device)
         if config.init_mesh.path and not resume:  # the artist's blockout instead of the blob
+            from ..export.mesh import official_level
             from .init_mesh import fit_field
 
-            fit_field(self.field, config.init_mesh, config.seed)
+            level = official_level(config.field.radius, config.renderer.num_samples_per_ray)
+            fit_field(self.field, config.init_mesh, config.seed, level)
         self.background = EnvironmentBackground(config.background).to(self.device)
         self.renderer = self.make_renderer()
         self.scaler = make_scaler(self.device, self.prior.dtype)
