@@ -20,20 +20,10 @@ from torch import Tensor
 
 from sdi_blender.errors import UserError
 
+from ..scene.renderer import OFFICIAL_THRESHOLD, official_level
 from ..util.step_timer import timed
 
-OFFICIAL_THRESHOLD = 25.0
-"""The official export's density level, for the official renderer (radius 2, 512 samples)."""
-
-
-def official_level(radius: float, samples_per_ray: int) -> float:
-    """The official level for a run rendered with marching step √3·2r/N.
-
-    What a render sees as opaque is density × step, so a trained field's densities scale as
-    1/step: the official 25 at step √3·2·2/512 is 25 · (4/512) / (2r/N) here, so 25 for the
-    paper's presets (r = 2, N = 512) and 3.125 for the toy preset's (r = 1, N = 32)."""
-    return OFFICIAL_THRESHOLD * (4.0 / 512) / (2.0 * radius / samples_per_ray)
-
+__all__ = ["OFFICIAL_THRESHOLD", "official_level"]  # the export's level, defined by the renderer's step
 
 MAX_RESOLUTION = 1024
 _HIST_SAMPLES = 1 << 24  # Otsu on a strided subsample of bigger grids: same answer, less time

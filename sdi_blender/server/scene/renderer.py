@@ -37,6 +37,19 @@ from .shading import ShadingConfig, shade
 _SPLITS = (3, 1, 1, 1, 3, 1)
 
 
+OFFICIAL_THRESHOLD = 25.0
+"""The official export's density level, for the official renderer (radius 2, 512 samples)."""
+
+
+def official_level(radius: float, samples_per_ray: int) -> float:
+    """The official level for a run rendered with marching step √3·2r/N.
+
+    What a render sees as opaque is density × step, so a trained field's densities scale as
+    1/step: the official 25 at step √3·2·2/512 is 25 · (4/512) / (2r/N) here, so 25 for the
+    paper's presets (r = 2, N = 512) and 3.125 for the toy preset's (r = 1, N = 32)."""
+    return OFFICIAL_THRESHOLD * (4.0 / 512) / (2.0 * radius / samples_per_ray)
+
+
 @dataclass
 class RendererConfig:
     """How rays are sampled and batched (the official NeRF volume renderer's settings)."""

@@ -125,7 +125,7 @@ class Trainer:
         torch.manual_seed(config.seed)  # the field's initialisation
         self.field = ImplicitVolume(config.field, hash_kernel=config.renderer.hash_kernel).to(self.device)
         if config.init_mesh.path and not resume:  # the artist's blockout instead of the blob
-            from ..export.mesh import official_level
+            from ..scene.renderer import official_level
             from .init_mesh import fit_field
 
             level = official_level(config.field.radius, config.renderer.num_samples_per_ray)
