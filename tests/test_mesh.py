@@ -80,7 +80,7 @@ def test_auto_threshold_prefers_the_official_level() -> None:
 
 
 def test_the_official_level_scales_with_the_renderers_marching_step() -> None:
-    from sdi_blender.server.export.mesh import official_level
+    from sdi_blender.server.scene.renderer import official_level
     from sdi_blender.server.training.config import make_config
 
     assert official_level(2.0, 512) == 25.0  # the official renderer: radius 2, 512 samples

@@ -20,10 +20,8 @@ from torch import Tensor
 
 from sdi_blender.errors import UserError
 
-from ..scene.renderer import OFFICIAL_THRESHOLD, official_level
+from ..scene.renderer import OFFICIAL_THRESHOLD
 from ..util.step_timer import timed
-
-__all__ = ["OFFICIAL_THRESHOLD", "official_level"]  # the export's level, defined by the renderer's step
 
 MAX_RESOLUTION = 1024
 _HIST_SAMPLES = 1 << 24  # Otsu on a strided subsample of bigger grids: same answer, less time

@@ -29,10 +29,11 @@ from ... import catalog
 from ...errors import UserError
 from ..scene.field import ImplicitVolume
 from ..scene.mesh_file import GLTF_FROM_WORLD
+from ..scene.renderer import official_level
 from ..training.checkpoint import load_field
 from ..util.devices import resolve_device
 from ..util.fileio import staged_folder
-from .mesh import MeshSettings, build_mesh, official_level
+from .mesh import MeshSettings, build_mesh
 from .texture import bake_texture
 
 EXPORT_DIR = catalog.EXPORT_DIR

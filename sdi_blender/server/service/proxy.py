@@ -28,7 +28,8 @@ import torch
 
 from ...errors import UserError
 from ...protocol import job_event
-from ..export.mesh import OFFICIAL_THRESHOLD, auto_threshold, extract_mesh, sample_density
+from ..export.mesh import auto_threshold, extract_mesh, sample_density
+from ..scene.renderer import OFFICIAL_THRESHOLD
 from ..training.trainer import Progress, TrainerCallbacks
 
 PROXY_RESOLUTION = 64

@@ -26,8 +26,8 @@ from ...errors import UserError
 from ...protocol import error_event, job_event
 from ..diffusion.hub import DownloadCancelled, DownloadPolicy, download_policy
 from ..export.child import ExportCancelled, export_in_child
-from ..export.mesh import official_level
 from ..export.pipeline import ExportSettings, export_run
+from ..scene.renderer import official_level
 from ..training import run_dir
 from ..training.config import TrainConfig
 from ..training.init_mesh import placement
