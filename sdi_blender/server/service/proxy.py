@@ -43,7 +43,7 @@ def proxy_arrays(
     field: Any, bounds: float, resolution: int = PROXY_RESOLUTION, official: float = OFFICIAL_THRESHOLD
 ) -> dict[str, Any] | None:
     """The field's coarse mesh as the event's fields (base64 arrays, Blender's axes), or None
-    when it has no surface yet; ``official`` is the export's first level (``mesh.official_level``)."""
+    when it has no surface yet; ``official`` is the export's first level (``scene.renderer.official_level``)."""
     device = next(field.parameters()).device
     grid = sample_density(lambda x: field.density(x), resolution, bounds, device)
     try:
@@ -86,7 +86,7 @@ class ProxyCallbacks(TrainerCallbacks):
         official: float = OFFICIAL_THRESHOLD,
     ) -> None:
         """``placement``: sent with each proxy of a run started from a mesh (see ``init_mesh.placement``);
-        ``official``: the run's export level (``mesh.official_level``)."""
+        ``official``: the run's export level (``scene.renderer.official_level``)."""
         self.inner, self.job, self.emit, self.bounds, self.resolution = inner, job, emit, bounds, resolution
         self.official = official
         self.placement = {"placement": placement} if placement is not None else {}

@@ -42,7 +42,7 @@ class InitMesh:
     """Random points per regression step."""
     density: float | None = None
     """The density the inside is fitted to (outside: 0); None: twice the run's official export
-    level (``export.mesh.official_level``: 50 for the paper's renderer, 6.25 for the toy's), so
+    level (``scene.renderer.official_level``: 50 for the paper's renderer, 6.25 for the toy's), so
     that level cuts the blockout's surface from the first step on. (At 20, below 25, the export
     fell back to Otsu until training pushed a few spots above 25; the official level then kept
     only those: IoU 0.03 after 20 steps with views that still showed the whole box.)"""
