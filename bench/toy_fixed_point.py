@@ -9,7 +9,7 @@ Gaussian noise), the rms of each target against the render, and the rms of the t
 mean (draws differ by SDS's noise, SDI's eta noise and δ). Writes
 ``bench/results/toy-fixed-point-<date>.json``.
 
-    python bench/toy_fixed_point.py [--object 0] [--inversion-guidance -2 -8]
+    python bench/toy_fixed_point.py [--object 0] [--inversion-guidance -2 -8] [--shading albedo lit]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from sdi_blender.server.diffusion.guidance import ScoreDistillation
 from sdi_blender.server.diffusion.prompts import PromptOptions
-from sdi_blender.server.scene.shading import ShadingConfig
+from sdi_blender.server.scene.shading import SHADINGS, ShadingConfig
 from sdi_blender.server.toyworld.objects import TOY_OBJECTS
 from sdi_blender.server.toyworld.prior import ToyWorldPrior
 from sdi_blender.server.toyworld.render import orbit_views, render_toy
@@ -38,14 +38,14 @@ def _rms(x: torch.Tensor) -> float:
     return round(float(x.pow(2).mean().sqrt()), 3)
 
 
-def measure(obj: int, method: str, inversion_guidance: float, prior: ToyWorldPrior) -> list[dict]:
+def measure(obj: int, method: str, inversion_guidance: float, prior: ToyWorldPrior, mode: str) -> list[dict]:
     prompt = TOY_OBJECTS[obj].prompt
     emb = prior.encode_prompt(prompt, options=PromptOptions(view_dependent=True, perp_neg=False))
     rows = []
     for az in AZIMUTHS:
         el, a = torch.tensor([15.0]), torch.tensor([az])
         views = orbit_views(el, a, 2.0, 50.0)
-        x0 = render_toy(TOY_OBJECTS[obj], views, prior.image_size, ("albedo",), ShadingConfig())[0][0] * 2 - 1
+        x0 = render_toy(TOY_OBJECTS[obj], views, prior.image_size, (mode,), ShadingConfig())[0][0] * 2 - 1
         guide = ScoreDistillation(
             prior.predictor(emb, el, a),
             method,
@@ -72,13 +72,15 @@ def main() -> None:
     parser.add_argument("--object", type=int, default=0)
     default_inv = PRESETS["toy"]["inversion_guidance_scale"]
     parser.add_argument("--inversion-guidance", type=float, nargs="+", default=[default_inv])
+    parser.add_argument("--shading", choices=SHADINGS, nargs="+", default=["albedo"], help="how the render is shaded")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     prior = ToyWorldPrior()
     result: dict = {"object": args.object, "prompt": TOY_OBJECTS[args.object].prompt, "runs": {}}
-    result["runs"]["sds"] = measure(args.object, "sds", default_inv, prior)
-    for g in args.inversion_guidance:
-        result["runs"][f"sdi inversion {g:g}"] = measure(args.object, "sdi", g, prior)
+    for mode in args.shading:
+        result["runs"][f"{mode} sds"] = measure(args.object, "sds", default_inv, prior, mode)
+        for g in args.inversion_guidance:
+            result["runs"][f"{mode} sdi inversion {g:g}"] = measure(args.object, "sdi", g, prior, mode)
     for name, rows in result["runs"].items():
         for r in rows:
             print(

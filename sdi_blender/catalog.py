@@ -83,6 +83,8 @@ MODELS: dict[str, tuple[str, str]] = {
     TINY: ("Tiny (install check)", "Built in: random weights, only to check that everything runs"),
 }
 """The models a menu offers (id → label, description); any other hub id or folder works too."""
+MODEL_HELP = f"hub id (default {DEFAULT_MODEL}), local diffusers directory, '{TINY}' or '{TOYWORLD}' (built in)"
+"""``--model``'s help, the same for every command that takes it."""
 
 METHODS: dict[str, str] = {
     "sdi": "Noise by DDIM inversion of the render (the paper): sharper",

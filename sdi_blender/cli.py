@@ -18,12 +18,12 @@ from typing import Any
 from . import __version__
 from .catalog import (
     DEFAULT_METHOD,
-    DEFAULT_MODEL,
     DEFAULT_PRESET,
     DEVICE_HELP,
     EXPORT_FORMATS,
     MAX_VARIATIONS,
     METHODS,
+    MODEL_HELP,
     PRESETS,
     VARIATIONS_SHEET,
     parse_seeds,
@@ -114,10 +114,7 @@ def _add_distill2d(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t-max", type=int, help="first timestep of the schedule (default 980)")
     p.add_argument("--t-min", type=int, help="last timestep of the schedule (default 20)")
     p.add_argument("--frames", type=int, help="snapshots in the strip image (default 8)")
-    p.add_argument(
-        "--model",
-        help=f"hub id (default {DEFAULT_MODEL}), local diffusers directory, or 'tiny' (built-in test model)",
-    )
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--out",
@@ -163,7 +160,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
         metavar="0-3|0,2,5",
         help=f"variations: one run per seed in OUT/seed-N, then OUT/{VARIATIONS_SHEET} (at most {MAX_VARIATIONS})",
     )
-    p.add_argument("--model", help="hub id, local diffusers directory, or 'tiny'")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument(
         "--init-mesh",
         type=Path,
@@ -264,7 +261,7 @@ def _add_texture(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="steps (default: the preset's)")
     p.add_argument("--resolution", type=int, help="render size in pixels, a multiple of 8")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--model", help="hub id, local diffusers directory, 'tiny' or 'toyworld'")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--texture-size", type=int, default=1024, help="texture side, a power of two (default 1024)")
     p.add_argument(
         "--keep-placement",
@@ -451,7 +448,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         help="quality preset (default draft)",
     )
     p.add_argument("--out", type=Path, help="folder of the runs and the report (default compare/<prompt>)")
-    p.add_argument("--model", help="hub id, local diffusers directory, or 'tiny'")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--steps", type=int, help="steps per run (default: the preset's)")
     p.add_argument("--resolution", type=int, help="render size in pixels (default: the preset's)")
     _add_eval_options(p)
@@ -499,7 +496,7 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default="0", help="seeds of each job that names none: 0-3, 5 or 0,2,7-9 (default 0)")
     p.add_argument("--preset", choices=tuple(PRESETS), help=f"quality preset (default {DEFAULT_PRESET})")
     p.add_argument("--method", choices=tuple(METHODS), help=f"{' or '.join(METHODS)} (default {DEFAULT_METHOD})")
-    p.add_argument("--model", help="hub id, local diffusers directory, 'tiny' or 'toyworld'")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--steps", type=int, help="steps per run (default: the preset's)")
     p.add_argument("--resolution", type=int, help="render size in pixels (default: the preset's)")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default: the preset's)")

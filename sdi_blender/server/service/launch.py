@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ...catalog import DEFAULT_MODEL, DEVICE_HELP
+from ...catalog import DEFAULT_MODEL, DEVICE_HELP, MODEL_HELP
 from ...errors import UserError, run_command
 from ...protocol import PROTOCOL_VERSION
 from .lock import JobsFolderLock
@@ -186,10 +186,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=0, help="port (default 0: any free port)")
     p.add_argument("--token-file", type=Path, help="where to write the access token (default JOBS_DIR/server.token)")
     p.add_argument("--jobs-dir", type=Path, help="job folders (default ~/.cache/sdi-blender/jobs)")
-    p.add_argument(
-        "--model",
-        help=f"default model of generate jobs: hub id (default {DEFAULT_MODEL}), local diffusers directory or 'tiny'",
-    )
+    p.add_argument("--model", help=f"default model of generate jobs: {MODEL_HELP}")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument(
         "--allow-remote", action="store_true", help="allow a non-loopback --host (the token is sent in clear text)"
