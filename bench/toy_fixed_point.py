@@ -9,7 +9,7 @@ Gaussian noise), the rms of each target against the render, and the rms of the t
 mean (draws differ by SDS's noise, SDI's eta noise and δ). Writes
 ``bench/results/toy-fixed-point-<date>.json``.
 
-    python bench/toy_fixed_point.py [--object 0] [--inversion-guidance -2 -8] [--shading albedo lit]
+    python bench/toy_fixed_point.py [--object 0] [--inversion-guidance -2 -8] [--shading albedo diffuse]
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main() -> None:
     for name, rows in result["runs"].items():
         for r in rows:
             print(
-                f"{name:>20}  az {r['azimuth']:5.0f}  t {r['t']}  ε rms {r['noise_rms']:.2f}  "
+                f"{name:>32}  az {r['azimuth']:5.0f}  t {r['t']}  ε rms {r['noise_rms']:.2f}  "
                 f"target {r['target_rms']:.3f}  mean target {r['mean_target_rms']:.3f}"
             )
     args.out.mkdir(parents=True, exist_ok=True)

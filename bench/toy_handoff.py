@@ -4,7 +4,7 @@ Trains a toy object with SDS at the ``toy`` preset (600 steps), scores it, then 
 the run's method in its saved config (a diagnostic only: a resumed run may not change its
 method) and trains ``--extra`` more steps at the schedules' final values, and scores again.
 ``--shading KEY=VALUE`` overrides the continuation's shading settings (e.g. diffuse_prob=0
-for albedo renders only). Writes ``bench/results/toy-handoff-<date>.json``.
+for albedo renders only). Appends its result to ``bench/results/toy-handoff-<date>.json``.
 
     python bench/toy_handoff.py [--object 0] [--then sdi] [--extra 400] [--shading diffuse_prob=0]
 """
@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--object", type=int, default=0)
     parser.add_argument("--then", choices=("sdi", "sds"), default="sdi", help="the continuation's method")
-    parser.add_argument("--extra", type=int, default=400, help="steps after the SDS run's 600")
+    parser.add_argument("--extra", type=int, default=400, help="steps after the SDS run's (the preset's 600)")
     parser.add_argument("--shading", nargs="*", default=[], help="KEY=VALUE shading overrides for the continuation")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
