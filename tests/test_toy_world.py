@@ -315,3 +315,26 @@ def test_the_toy_presets_guidance_weight_keeps_the_papers_balance_with_the_regul
     weight = lambda s: float(guided_noise(eps_c, eps_u, s))  # noqa: E731
     assert toy.losses.guidance == weight(paper.guidance_scale) / weight(toy.guidance_scale) == 8.5
     assert toy.losses.at(0) == {**paper.losses.at(0), "guidance": 8.5}  # the regularisers are the paper's
+
+
+def test_conditional_shares_name_the_pictures_a_target_is_made_of_and_a_picture_set_can_be_given():
+    """Near a picture of the prompt (small t) the conditional posterior is that picture; the
+    shares sum to 1 over the prompt's pictures only; a prior built on another picture set
+    (the drift bench's denser diagnostic) uses it instead of the cached one."""
+    from sdi_blender.server.toyworld.prior import ToyWorldPrior, build_pictures
+
+    small = ToyWorldPrior(pictures=build_pictures(views_per_object=6))
+    assert small.pictures.images.shape[0] == 6 * len(TOY_OBJECTS) * 3  # three shading modes
+    emb = small.encode_prompt(TOY_PROMPTS[1], options=PromptOptions(view_dependent=False))
+    pred = small.predictor(emb)
+    row = int(torch.nonzero((small.pictures.obj == 1) & (small.pictures.mode == 0))[0])
+    t = torch.tensor([20])
+    a = small.alphas_cumprod[t]
+    x_t = a.sqrt() * small.pictures.images[row][None]
+    shares = pred.conditional_shares(x_t, t)[0]
+    assert int(shares.argmax()) == row and shares[row] > 0.99
+    assert math.isclose(float(shares.sum()), 1.0, rel_tol=1e-6)
+    assert float(shares[small.pictures.obj != 1].sum()) == 0.0
+    eps = pred.predict_noise(x_t, t, 0.0)  # the conditional model: x̂0 is that picture's
+    x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    assert (x0[0] - small.pictures.images[row]).abs().max() < 0.05

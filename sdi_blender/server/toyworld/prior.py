@@ -24,7 +24,7 @@ Built once (seconds) into the sdi-blender cache, like the ``tiny`` model.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,21 +159,23 @@ class ToyWorldPrior:
         shading: ShadingConfig | None = None,
         picture_noise: float = PICTURE_NOISE,
         view_bins: int = 0,
+        pictures: ToyPictures | None = None,
     ) -> None:
         """``view_bins`` > 0 is a diagnostic, not the toy world of the issue: a view-dependent
         prompt then selects the pictures in the camera's azimuth bin (``view_bins`` bins of
         360°/``view_bins``, centred on 0°) instead of its view bucket, a camera-aware prior
-        (``bench/toy_world.py --view-bins``; docs/toy-world.md)."""
+        (``bench/toy_world.py --view-bins``; docs/toy-world.md). ``pictures``: another picture
+        set than the cached one (e.g. :func:`build_pictures` with more views, a diagnostic)."""
         from diffusers import DDIMScheduler
 
         self.picture_noise = picture_noise
         self.model_id = TOYWORLD
         self.device = torch.device(device or "cpu")
         self.dtype = torch.float32
-        pics = load_pictures()
+        pics = pictures if pictures is not None else load_pictures()
         self.view_bins, self.n_views = view_bins, view_bins or OVERHEAD + 1
         if view_bins:
-            pics.view = azimuth_bin(pics.azimuth, view_bins)
+            pics = replace(pics, view=azimuth_bin(pics.azimuth, view_bins))
         modes, nv = len(SHADINGS), self.n_views
         order = torch.argsort((pics.obj * nv + pics.view) * modes + pics.mode, stable=True)
         self.pictures = ToyPictures(*(getattr(pics, f)[order] for f in pics.__dataclass_fields__))
@@ -254,10 +256,11 @@ class ToyWorldPrior:
             return self.group_weights(obj)
         return mass / mass.sum()
 
-    def posterior_mean(self, x_t: Tensor, a: Tensor, weights: Tensor) -> Tensor:
-        """E[x0 | x_t] [K, B, D] for x_t [B, D] at ᾱ = a [B] under K priors ``weights`` [K, B, G].
+    def posterior_shares(self, x_t: Tensor, a: Tensor, weights: Tensor) -> Tensor:
+        """[K, B, N] posterior share of every picture given x_t [B, D] at ᾱ = a [B] under K priors
+        ``weights`` [K, B, G] (float64).
 
-        With ℓ_i = −‖x_t − √ᾱ x_i‖²/2(1−ᾱ), per group g (n_g pictures, prior mass w_g) the
+        With ℓ_i = −‖x_t − √ᾱ x_i‖²/2v, per group g (n_g pictures, prior mass w_g) the
         maximum m_g and Z_g = Σ_{i∈g} exp(ℓ_i − m_g); each prior then puts mass
         α_g = softmax_g(log w_g − log n_g + m_g + log Z_g) on group g, spread over its pictures as
         exp(ℓ_i − m_g)/Z_g. Float64 and per-group maxima keep every branch from underflowing
@@ -275,8 +278,13 @@ class ToyWorldPrior:
         within = (loglik - peak.gather(1, gid)).exp()  # [B, N]
         total = loglik.new_zeros(b, n_groups).scatter_add(1, gid, within)  # [B, G]
         alpha = torch.softmax(weights.log() - self.log_sizes + peak + total.log(), -1)  # [K, B, G]
-        share = (alpha / total).gather(2, gid.expand(weights.shape[0], -1, -1)) * within  # [K, B, N]
-        share = share.reshape(-1, share.shape[-1])
+        return (alpha / total).gather(2, gid.expand(weights.shape[0], -1, -1)) * within  # [K, B, N]
+
+    def posterior_mean(self, x_t: Tensor, a: Tensor, weights: Tensor) -> Tensor:
+        """E[x0 | x_t] [K, B, D] for x_t [B, D] at ᾱ = a [B] under K priors ``weights`` [K, B, G]:
+        the pictures weighed by :meth:`posterior_shares`, each moved toward x_t by its own noise."""
+        b = x_t.shape[0]
+        share = self.posterior_shares(x_t, a, weights).reshape(-1, self.flat.shape[0])
         # Below mid t nearly every picture's share is < 1e-13 (exactly 0 in float32 sums of
         # ≤ 10⁵ terms): multiply only the pictures that count.
         used = torch.nonzero(share.amax(0) > _NEGLIGIBLE).flatten()
@@ -285,6 +293,7 @@ class ToyWorldPrior:
         else:
             out = share.to(x_t.dtype) @ self.flat
         # Each picture is N(x_i, σ²I): its posterior mean given x_t moves toward x_t by c.
+        var = a * self.picture_noise**2 + (1 - a)  # [B]
         pull = (a.sqrt() * self.picture_noise**2 / var).to(x_t.dtype)[:, None]  # [B, 1]
         out = out.reshape(weights.shape[0], b, -1)
         return out * (1 - pull * a.sqrt().to(x_t.dtype)[:, None]) + pull * x_t
@@ -326,6 +335,14 @@ class ToyPredictor:
         ]
         self.branches = [cond, uncond[None], *negs]
         self.neg_weights = mix.weights.to(prior.device)
+
+    def conditional_shares(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """[B, N] the conditional model's posterior share of every picture (``prior.pictures``
+        order) given x_t [B, C, H, W] at timesteps t [B]: which pictures a target is made of."""
+        b = x_t.shape[0]
+        a = self.alphas_cumprod[t].double().to(self.prior.device)
+        weights = self.branches[0].expand(b, -1)[None].to(self.prior.device)
+        return self.prior.posterior_shares(x_t.reshape(b, -1).float(), a, weights)[0]
 
     def predict_noise(self, x_t: Tensor, t: Tensor, guidance_scale: float) -> Tensor:
         b = x_t.shape[0]
