@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from sdi_blender.server.diffusion.guidance import METHODS, ScoreDistillation
-from sdi_blender.server.diffusion.prompts import PromptOptions
+from sdi_blender.server.diffusion.prompts import PromptOptions, wrap_azimuth
 from sdi_blender.server.scene.cameras import sample_cameras
 from sdi_blender.server.scene.shading import SHADINGS
 from sdi_blender.server.toyworld.prior import ToyWorldPrior, build_pictures
@@ -39,15 +39,16 @@ LIT = SHADINGS.index("diffuse")
 ALBEDO = SHADINGS.index("albedo")
 
 
-def _azimuth_error(a: float, b: float) -> float:
-    return abs((a - b + 180) % 360 - 180)
-
-
 def _target_figures(
-    prior: ToyWorldPrior, obj: int, shares: torch.Tensor, render: torch.Tensor, target: torch.Tensor
+    prior: ToyWorldPrior,
+    obj: int,
+    azimuth: torch.Tensor,
+    shares: torch.Tensor,
+    render: torch.Tensor,
+    target: torch.Tensor,
 ) -> dict:
-    """λ, sideways rms, top picture and lit share of one target (render, target: [D] in [−1, 1];
-    shares: [N] the conditional posterior over the pictures)."""
+    """λ, sideways rms, top picture's azimuth error and lit share of one target (render, target:
+    [D] in [−1, 1]; shares: [N] the conditional posterior over the pictures; azimuth: the camera's)."""
     pics = prior.pictures
     prompt_albedo = (pics.mode == ALBEDO) & (pics.obj == obj)
     dist = (prior.flat - render).square().sum(-1).masked_fill(~prompt_albedo, float("inf"))
@@ -57,7 +58,7 @@ def _target_figures(
     return {
         "restoring": lam,
         "sideways": float((moved - lam * dev).square().mean().sqrt()),
-        "top_azimuth": float(pics.azimuth[int(shares.argmax())]),
+        "azimuth_error_deg": float(wrap_azimuth(pics.azimuth[int(shares.argmax())] - azimuth).abs()),
         "lit_share": float(shares[pics.mode == LIT].sum()),
     }
 
@@ -74,9 +75,10 @@ def measure(run: Path, prior: ToyWorldPrior, timesteps: list[int], seed: int) ->
         cams = sample_cameras(cfg.cameras, 1, size, size, gen)
         with torch.no_grad():
             out = renderer(cams, "albedo", gen, stratified=False)
-        x0 = out.rgb.permute(0, 3, 1, 2) * 2 - 1  # [1, 3, S, S]
+        rgb = out.rgb.permute(0, 3, 1, 2)  # [1, 3, S, S] in [0, 1]
+        x0 = prior.encode_images(rgb)
         mask = out.opacity[0, :, :, 0] > 0.5
-        render_colours.append(((x0[0, :, mask] + 1) / 2).mean(1))
+        render_colours.append(rgb[0, :, mask].mean(1))
         predictor = prior.predictor(emb, cams.elevation_deg, cams.azimuth_deg)
         for t in timesteps:
             for method in METHODS:
@@ -89,9 +91,8 @@ def measure(run: Path, prior: ToyWorldPrior, timesteps: list[int], seed: int) ->
                 )
                 st = guide.step(x0, t, torch.Generator().manual_seed(k))
                 shares = predictor.conditional_shares(st.x_noisy, torch.tensor([t]))[0]
-                row = _target_figures(prior, emb.obj, shares, x0.flatten(), st.target.flatten())
-                row["azimuth_error_deg"] = _azimuth_error(row.pop("top_azimuth"), float(cams.azimuth_deg))
-                row["colour"] = ((st.target[0, :, mask] + 1) / 2).mean(1).tolist()
+                row = _target_figures(prior, emb.obj, cams.azimuth_deg[0], shares, x0.flatten(), st.target.flatten())
+                row["colour"] = ((st.target[0, :, mask] + 1) / 2).mean(1).tolist()  # unclamped
                 rows[f"{method} t={t}"].append(row)
     return {
         "run": run.name,

@@ -22,7 +22,7 @@ import torch
 
 from sdi_blender.server.commands.generate import run_generate
 from sdi_blender.server.diffusion.guidance import METHODS, ScoreDistillation
-from sdi_blender.server.diffusion.prompts import PromptOptions
+from sdi_blender.server.diffusion.prompts import PromptOptions, wrap_azimuth
 from sdi_blender.server.scene.cameras import orbit_cameras
 from sdi_blender.server.scene.renderer import as_image, render_views
 from sdi_blender.server.scene.shading import ShadingConfig
@@ -40,10 +40,6 @@ DRAWS = 3  # noise draws per camera (SDS's i.i.d. noise, SDI's eta noise and δ)
 def _truth(obj, elevation: torch.Tensor, azimuth: torch.Tensor, size: int) -> torch.Tensor:
     """[N, 3, S, S] albedo pictures in [−1, 1] from the independent ray caster."""
     return render_toy(obj, orbit_views(elevation, azimuth, 2.0, 50.0), size, ("albedo",), ShadingConfig())[0][0] * 2 - 1
-
-
-def _azimuth_error(a: float, b: float) -> float:
-    return abs((a - b + 180) % 360 - 180)
 
 
 def measure(run: Path, sheet: Path | None) -> dict:
@@ -74,7 +70,7 @@ def measure(run: Path, sheet: Path | None) -> dict:
                 for s in range(DRAWS):
                     target = guide.step(x0, t, torch.Generator().manual_seed(s)).target[0]
                     nearest = (cands - target.flatten()).square().sum(1).argmin()
-                    errors[t][m].append(_azimuth_error(float(cand_az[nearest]), az))
+                    errors[t][m].append(float(wrap_azimuth(cand_az[nearest] - az).abs()))
                     if t == 400 and s == 0:
                         row.append(target)
         rows.append(torch.cat(row, -1))

@@ -256,6 +256,10 @@ class ToyWorldPrior:
             return self.group_weights(obj)
         return mass / mass.sum()
 
+    def _variance(self, a: Tensor) -> Tensor:
+        """v = ᾱσ² + 1 − ᾱ [B]: the variance of x_t about √ᾱ x_i, a picture's own noise included."""
+        return a * self.picture_noise**2 + (1 - a)
+
     def posterior_shares(self, x_t: Tensor, a: Tensor, weights: Tensor) -> Tensor:
         """[K, B, N] posterior share of every picture given x_t [B, D] at ᾱ = a [B] under K priors
         ``weights`` [K, B, G] (float64).
@@ -271,8 +275,7 @@ class ToyWorldPrior:
         d2 = (
             x_t.double().square().sum(-1, keepdim=True) - 2 * a.sqrt()[:, None] * cross + a[:, None] * self.sq_norms
         ).clamp_min(0)
-        var = a * self.picture_noise**2 + (1 - a)  # [B]
-        loglik = -d2 / (2 * var)[:, None]
+        loglik = -d2 / (2 * self._variance(a))[:, None]
         n_groups = len(self.groups)
         peak = loglik.new_full((b, n_groups), -math.inf).scatter_reduce(1, gid, loglik, "amax")
         within = (loglik - peak.gather(1, gid)).exp()  # [B, N]
@@ -293,8 +296,7 @@ class ToyWorldPrior:
         else:
             out = share.to(x_t.dtype) @ self.flat
         # Each picture is N(x_i, σ²I): its posterior mean given x_t moves toward x_t by c.
-        var = a * self.picture_noise**2 + (1 - a)  # [B]
-        pull = (a.sqrt() * self.picture_noise**2 / var).to(x_t.dtype)[:, None]  # [B, 1]
+        pull = (a.sqrt() * self.picture_noise**2 / self._variance(a)).to(x_t.dtype)[:, None]  # [B, 1]
         out = out.reshape(weights.shape[0], b, -1)
         return out * (1 - pull * a.sqrt().to(x_t.dtype)[:, None]) + pull * x_t
 
@@ -336,21 +338,23 @@ class ToyPredictor:
         self.branches = [cond, uncond[None], *negs]
         self.neg_weights = mix.weights.to(prior.device)
 
-    def conditional_shares(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """[B, N] the conditional model's posterior share of every picture (``prior.pictures``
-        order) given x_t [B, C, H, W] at timesteps t [B]: which pictures a target is made of."""
-        b = x_t.shape[0]
-        a = self.alphas_cumprod[t].double().to(self.prior.device)
-        weights = self.branches[0].expand(b, -1)[None].to(self.prior.device)
-        return self.prior.posterior_shares(x_t.reshape(b, -1).float(), a, weights)[0]
-
-    def predict_noise(self, x_t: Tensor, t: Tensor, guidance_scale: float) -> Tensor:
+    def _inputs(self, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(ᾱ [B] float64, x_t as [B, D], every branch's weights [K, B, G]) on the prior's device."""
         b = x_t.shape[0]
         if any(w.shape[0] not in (1, b) for w in self.branches):
             raise ValueError(f"latent batch {b} does not match the cameras this predictor was made for")
-        a = self.alphas_cumprod[t].double().to(self.prior.device)  # [B]
-        flat = x_t.reshape(b, -1).float()
+        a = self.alphas_cumprod[t].double().to(self.prior.device)
         weights = torch.stack([w.expand(b, -1) for w in self.branches]).to(self.prior.device)
+        return a, x_t.reshape(b, -1).float(), weights
+
+    def conditional_shares(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """[B, N] the conditional model's posterior share of every picture (``prior.pictures``
+        order) given x_t [B, C, H, W] at timesteps t [B]: which pictures a target is made of."""
+        a, flat, weights = self._inputs(x_t, t)
+        return self.prior.posterior_shares(flat, a, weights[:1])[0]
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, guidance_scale: float) -> Tensor:
+        a, flat, weights = self._inputs(x_t, t)
         x0 = self.prior.posterior_mean(flat, a, weights)  # [K, B, D]
         root_a, root_1ma = a.sqrt()[:, None].float(), (1 - a).sqrt()[:, None].float()
         eps = ((flat - root_a * x0) / root_1ma).reshape(-1, *x_t.shape)  # [K, B, C, H, W]
